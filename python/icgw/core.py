@@ -41,6 +41,7 @@ from icgw._core import (
 
 # --- section: gateway frames -----------------------------------------------------------------------
 
+from icgw._core import ClientFrame, decode_client_frame, encode_handshake  # noqa: E402
 
 
 __all__ = [
@@ -68,5 +69,8 @@ __all__ = [
     # candid and fan-out names:
 
     # frame names:
+    "ClientFrame",
+    "decode_client_frame",
+    "encode_handshake",
 
 ]

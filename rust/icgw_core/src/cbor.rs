@@ -9,7 +9,9 @@
 use minicbor::data::{Tag, Type};
 use minicbor::{Decoder, Encoder};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple,
+};
 
 use crate::errors::CborError;
 
@@ -149,11 +151,15 @@ fn checked_len(d: &Decoder<'_>, len: u64, min_item_size: usize) -> Result<usize,
     let remaining = d.input().len() - d.position();
     match usize::try_from(len) {
         Ok(n) if n.checked_mul(min_item_size).is_some_and(|b| b <= remaining) => Ok(n),
-        _ => Err(err_at(d, format!("declared length {len} exceeds the {remaining} bytes left"))),
+        _ => Err(err_at(
+            d,
+            format!("declared length {len} exceeds the {remaining} bytes left"),
+        )),
     }
 }
 
-fn parse_item<'a>(d: &mut Decoder<'a>, depth: usize) -> Result<Value<'a>, DecodeError> {
+/// Parse the item at the decoder's position (used by callers that need item offsets).
+pub fn parse_item<'a>(d: &mut Decoder<'a>, depth: usize) -> Result<Value<'a>, DecodeError> {
     if depth == 0 {
         return Err(err_at(d, "nesting too deep"));
     }
@@ -215,7 +221,10 @@ fn parse_item<'a>(d: &mut Decoder<'a>, depth: usize) -> Result<Value<'a>, Decode
         Type::F32 => Value::Float(d.f32().map_err(|e| err_at(d, e))? as f64),
         Type::F64 => Value::Float(d.f64().map_err(|e| err_at(d, e))?),
         Type::BytesIndef | Type::StringIndef | Type::ArrayIndef | Type::MapIndef => {
-            return Err(err_at(d, "indefinite-length items are not used by the IC and not accepted"))
+            return Err(err_at(
+                d,
+                "indefinite-length items are not used by the IC and not accepted",
+            ))
         }
         Type::Simple => return Err(err_at(d, "unassigned simple value")),
         Type::Break => return Err(err_at(d, "unexpected break")),
@@ -241,11 +250,15 @@ impl Default for Writer {
 
 impl Writer {
     pub fn with_capacity(capacity: usize) -> Self {
-        Writer { enc: Encoder::new(Vec::with_capacity(capacity)) }
+        Writer {
+            enc: Encoder::new(Vec::with_capacity(capacity)),
+        }
     }
 
     pub fn self_describe(&mut self) -> &mut Self {
-        self.enc.tag(Tag::new(SELF_DESCRIBE_TAG)).expect("writing to a Vec cannot fail");
+        self.enc
+            .tag(Tag::new(SELF_DESCRIBE_TAG))
+            .expect("writing to a Vec cannot fail");
         self
     }
 
@@ -379,7 +392,10 @@ pub fn value_to_py<'py>(py: Python<'py>, v: &Value<'_>) -> PyResult<Bound<'py, P
             for (k, v) in entries {
                 let key = value_to_py(py, k)?;
                 if key.hash().is_err() {
-                    return Err(CborError::new_err(format!("invalid CBOR: a {} cannot be a map key here", k.type_name())));
+                    return Err(CborError::new_err(format!(
+                        "invalid CBOR: a {} cannot be a map key here",
+                        k.type_name()
+                    )));
                 }
                 dict.set_item(key, value_to_py(py, v)?)?;
             }
@@ -413,17 +429,29 @@ fn int_to_cbor(w: &mut Writer, obj: &Bound<'_, PyAny>) -> PyResult<()> {
         return Ok(());
     }
     if let Ok(n) = obj.extract::<i128>() {
-        if n < 0 && n >= -(1i128 << 64) {
+        if (-(1i128 << 64)..0).contains(&n) {
             w.nint_arg((-1 - n) as u64);
             return Ok(());
         }
     }
     // Outside the 64-bit argument range: a bignum (tag 2 for n >= 0, tag 3 for -1 - n).
     let negative = obj.lt(0)?;
-    let magnitude = if negative { obj.neg()?.call_method1("__sub__", (1,))? } else { obj.clone() };
-    let nbytes = (magnitude.call_method0("bit_length")?.extract::<usize>()? + 7) / 8;
+    let magnitude = if negative {
+        obj.neg()?.call_method1("__sub__", (1,))?
+    } else {
+        obj.clone()
+    };
+    let nbytes = magnitude
+        .call_method0("bit_length")?
+        .extract::<usize>()?
+        .div_ceil(8);
     let be: Vec<u8> = magnitude.call_method1("to_bytes", (nbytes, "big"))?.extract()?;
-    w.tag(if negative { TAG_NEGATIVE_BIGNUM } else { TAG_POSITIVE_BIGNUM }).bytes(&be);
+    w.tag(if negative {
+        TAG_NEGATIVE_BIGNUM
+    } else {
+        TAG_POSITIVE_BIGNUM
+    })
+    .bytes(&be);
     Ok(())
 }
 
@@ -482,7 +510,11 @@ fn cbor_decode<'py>(py: Python<'py>, data: &[u8], max_depth: usize) -> PyResult<
 /// Encode a value as CBOR with definite lengths, prefixed by tag 55799 unless `self_describe=False`.
 #[pyfunction]
 #[pyo3(signature = (value, *, self_describe = true))]
-fn cbor_encode<'py>(py: Python<'py>, value: &Bound<'py, PyAny>, self_describe: bool) -> PyResult<Bound<'py, PyBytes>> {
+fn cbor_encode<'py>(
+    py: Python<'py>,
+    value: &Bound<'py, PyAny>,
+    self_describe: bool,
+) -> PyResult<Bound<'py, PyBytes>> {
     let mut w = Writer::with_capacity(256);
     if self_describe {
         w.self_describe();

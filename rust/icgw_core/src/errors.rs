@@ -5,17 +5,62 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-create_exception!(_core, CoreError, PyValueError, "Base class of every error raised by icgw's core.");
-create_exception!(_core, CborError, CoreError, "Malformed, oversized or unsupported CBOR.");
-create_exception!(_core, PrincipalError, CoreError, "An invalid principal (bytes or text).");
-create_exception!(_core, RequestIdError, CoreError, "A value that has no representation-independent hash.");
+create_exception!(
+    _core,
+    CoreError,
+    PyValueError,
+    "Base class of every error raised by icgw's core."
+);
+create_exception!(
+    _core,
+    CborError,
+    CoreError,
+    "Malformed, oversized or unsupported CBOR."
+);
+create_exception!(
+    _core,
+    PrincipalError,
+    CoreError,
+    "An invalid principal (bytes or text)."
+);
+create_exception!(
+    _core,
+    RequestIdError,
+    CoreError,
+    "A value that has no representation-independent hash."
+);
 create_exception!(_core, HashTreeError, CoreError, "A malformed hash tree.");
-create_exception!(_core, CertificateError, CoreError, "A certificate that does not verify.");
+create_exception!(
+    _core,
+    CertificateError,
+    CoreError,
+    "A certificate that does not verify."
+);
 create_exception!(_core, SignatureError, CoreError, "A malformed key or signature.");
-create_exception!(_core, EnvelopeError, CoreError, "An envelope the IC would reject.");
-create_exception!(_core, CandidError, CoreError, "Malformed Candid, or Candid of the wrong type.");
-create_exception!(_core, FrameError, CoreError, "A WebSocket frame that breaks the IC WebSocket protocol.");
-create_exception!(_core, MessagesError, CoreError, "A ws_get_messages reply that cannot be relayed.");
+create_exception!(
+    _core,
+    EnvelopeError,
+    CoreError,
+    "An envelope the IC would reject."
+);
+create_exception!(
+    _core,
+    CandidError,
+    CoreError,
+    "Malformed Candid, or Candid of the wrong type."
+);
+create_exception!(
+    _core,
+    FrameError,
+    CoreError,
+    "A WebSocket frame that breaks the IC WebSocket protocol."
+);
+create_exception!(
+    _core,
+    MessagesError,
+    CoreError,
+    "A ws_get_messages reply that cannot be relayed."
+);
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();

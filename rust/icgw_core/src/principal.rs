@@ -56,16 +56,22 @@ pub fn from_text(text: &str) -> Result<Vec<u8>, InvalidPrincipal> {
         .decode(compact.to_ascii_uppercase().as_bytes())
         .map_err(|e| InvalidPrincipal(format!("invalid principal text {text:?}: not base32 ({e})")))?;
     if decoded.len() < 4 {
-        return Err(InvalidPrincipal(format!("invalid principal text {text:?}: too short")));
+        return Err(InvalidPrincipal(format!(
+            "invalid principal text {text:?}: too short"
+        )));
     }
     let (crc, bytes) = decoded.split_at(4);
     check_len(bytes).map_err(|e| InvalidPrincipal(format!("invalid principal text {text:?}: {}", e.0)))?;
     if crc != crc32fast::hash(bytes).to_be_bytes() {
-        return Err(InvalidPrincipal(format!("invalid principal text {text:?}: wrong checksum")));
+        return Err(InvalidPrincipal(format!(
+            "invalid principal text {text:?}: wrong checksum"
+        )));
     }
     // Re-encoding catches misplaced dashes and non-canonical base32 padding bits.
     if to_text(bytes) != lowered {
-        return Err(InvalidPrincipal(format!("invalid principal text {text:?}: not in canonical form")));
+        return Err(InvalidPrincipal(format!(
+            "invalid principal text {text:?}: not in canonical form"
+        )));
     }
     Ok(bytes.to_vec())
 }
