@@ -1,5 +1,5 @@
 # Stubs for the compiled core, checked against the built module by `stubtest` in CI.
-from typing import Final
+from typing import Final, final
 
 # --- errors ---------------------------------------------------------------------------------------
 
@@ -30,18 +30,13 @@ def self_authenticating_principal(der_public_key: bytes) -> bytes: ...
 
 # --- section: authentication (request ids, identities, envelopes) -------------------------------
 
-
-
 # --- section: certification (hash trees, BLS, certificates) --------------------------------------
-
-
 
 # --- section: candid and fan-out -------------------------------------------------------------------
 
-
-
 # --- section: gateway frames -----------------------------------------------------------------------
 
+@final
 class ClientFrame:
     """A decoded client frame; byte fields are materialised on access."""
 
@@ -64,5 +59,3 @@ class ClientFrame:
 
 def decode_client_frame(data: bytes) -> ClientFrame: ...
 def encode_handshake(gateway_principal: bytes) -> bytes: ...
-
-

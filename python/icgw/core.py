@@ -7,11 +7,16 @@ replica emulator, the tests, the tools and the benchmarks.
 
 from __future__ import annotations
 
+# --- section: authentication (request ids, identities, envelopes) -------------------------------
+# --- section: certification (hash trees, BLS, certificates) --------------------------------------
+# --- section: candid and fan-out -------------------------------------------------------------------
+# --- section: gateway frames -----------------------------------------------------------------------
 from icgw._core import (
     ANONYMOUS,
     CandidError,
     CborError,
     CertificateError,
+    ClientFrame,
     CoreError,
     EnvelopeError,
     FrameError,
@@ -22,33 +27,23 @@ from icgw._core import (
     SignatureError,
     cbor_decode,
     cbor_encode,
+    decode_client_frame,
+    encode_handshake,
     principal_from_text,
     principal_to_text,
     self_authenticating_principal,
 )
-
-# --- section: authentication (request ids, identities, envelopes) -------------------------------
-
-
-
-# --- section: certification (hash trees, BLS, certificates) --------------------------------------
-
-
-
-# --- section: candid and fan-out -------------------------------------------------------------------
-
-
-
-# --- section: gateway frames -----------------------------------------------------------------------
-
-from icgw._core import ClientFrame, decode_client_frame, encode_handshake  # noqa: E402
-
 
 __all__ = [
     "ANONYMOUS",
     "CandidError",
     "CborError",
     "CertificateError",
+    # authentication names:
+    # certification names:
+    # candid and fan-out names:
+    # frame names:
+    "ClientFrame",
     "CoreError",
     "EnvelopeError",
     "FrameError",
@@ -59,18 +54,9 @@ __all__ = [
     "SignatureError",
     "cbor_decode",
     "cbor_encode",
+    "decode_client_frame",
+    "encode_handshake",
     "principal_from_text",
     "principal_to_text",
     "self_authenticating_principal",
-    # authentication names:
-
-    # certification names:
-
-    # candid and fan-out names:
-
-    # frame names:
-    "ClientFrame",
-    "decode_client_frame",
-    "encode_handshake",
-
 ]

@@ -501,7 +501,7 @@ pub fn py_to_cbor(w: &mut Writer, obj: &Bound<'_, PyAny>, depth: usize) -> PyRes
 
 /// Decode one CBOR item (tag 55799 dropped anywhere; tags 2/3 become ints).
 #[pyfunction]
-#[pyo3(signature = (data, *, max_depth = DEFAULT_MAX_DEPTH))]
+#[pyo3(signature = (data, *, max_depth = 128))]
 fn cbor_decode<'py>(py: Python<'py>, data: &[u8], max_depth: usize) -> PyResult<Bound<'py, PyAny>> {
     let value = parse_with_depth(data, max_depth)?;
     value_to_py(py, &value)
