@@ -33,6 +33,20 @@ from icgw._core import (
 
 # --- section: certification (hash trees, BLS, certificates) --------------------------------------
 
+from icgw._core import (
+    bls_der_public_key,
+    bls_public_key,
+    bls_public_key_from_der,
+    bls_sign,
+    bls_verify,
+    certificate_cache_clear,
+    certificate_cache_stats,
+    hash_tree_digest,
+    hash_tree_encode,
+    hash_tree_root,
+    lookup_path,
+    verify_certificate,
+)
 
 
 # --- section: candid and fan-out -------------------------------------------------------------------
@@ -64,6 +78,18 @@ __all__ = [
     # authentication names:
 
     # certification names:
+    "bls_der_public_key",
+    "bls_public_key",
+    "bls_public_key_from_der",
+    "bls_sign",
+    "bls_verify",
+    "certificate_cache_clear",
+    "certificate_cache_stats",
+    "hash_tree_digest",
+    "hash_tree_encode",
+    "hash_tree_root",
+    "lookup_path",
+    "verify_certificate",
 
     # candid and fan-out names:
 
