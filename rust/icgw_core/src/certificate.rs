@@ -388,6 +388,11 @@ pub fn canister_ranges<'a>(
             };
             return match shard {
                 HashTree::Leaf(blob) => decode_ranges(blob),
+                HashTree::Pruned(_) => Err(CertError::NotAuthorized(format!(
+                    "the delegation does not reveal the canister range shard of subnet {subnet} \
+                     for canister {} (pruned)",
+                    principal::to_text(canister)
+                ))),
                 _ => Err(malformed(format!(
                     "a canister range shard of subnet {subnet} is not a leaf"
                 ))),
