@@ -346,6 +346,13 @@ def test_nested_delegation_is_rejected() -> None:
         verify_certificate(wrapped, root_key(vector))
 
 
+def test_scope_ids_must_be_principals() -> None:
+    with pytest.raises(CertificateError, match=r"invalid canister id: .*at most 29 bytes"):
+        verify_certificate(cert_bytes(IVG37), MAINNET_ROOT, canister_id=bytes(30))
+    with pytest.raises(CertificateError, match=r"invalid subnet id: .*at most 29 bytes"):
+        verify_certificate(cert_bytes(IVG37), MAINNET_ROOT, subnet_id=bytes(30))
+
+
 def test_both_scopes_at_once_is_an_error() -> None:
     with pytest.raises(CertificateError, match="not both"):
         verify_certificate(cert_bytes(IVG37), MAINNET_ROOT, canister_id=IVG37_CANISTER, subnet_id=b"\x01")

@@ -190,9 +190,9 @@ fn decode_leb128_u64(bytes: &[u8]) -> Option<u64> {
 ///
 /// Checks, cheapest first: structure; freshness of `/time` when `now_ns` is given (it must exist, be
 /// at most `max_age_ns` old, default 5 minutes, and at most 5 minutes in the future); then the
-/// delegation, if any (no nested delegation, not older than 30 days when `now_ns` is given, signed by
-/// the root key, the subnet key under `/subnet/<id>/public_key`, the scope); then the signature over
-/// `\x0Dic-state-root ‖ root_hash` with the root key or the subnet key.
+/// delegation, if any (no nested delegation, not older than 30 days when `now_ns` is given, the subnet
+/// key under `/subnet/<id>/public_key`, the scope, and, unless cached, its signature by the root key);
+/// then the signature over `\x0Dic-state-root ‖ root_hash` with the root key or the subnet key.
 ///
 /// Without a delegation (a root-subnet certificate) the scope is not checked: the root key speaks
 /// for every canister and subnet.
@@ -203,6 +203,7 @@ pub fn verify<'a>(
     now_ns: Option<u64>,
     max_age_ns: Option<u64>,
 ) -> Result<Certificate<'a>, CertError> {
+    check_scope_ids(scope)?;
     let root_key =
         bls::public_key_from_der(root_key_der).map_err(|e| CertError::InvalidRootKey(e.to_string()))?;
     let cert = Certificate::parse(cert_bytes)?;
@@ -221,6 +222,16 @@ pub fn verify<'a>(
     };
     check_signature(&cert, &signing_key, signer)?;
     Ok(cert)
+}
+
+/// A scope id that cannot be a principal is a caller error; say so instead of "not authorized".
+fn check_scope_ids(scope: Scope<'_>) -> Result<(), CertError> {
+    let (what, id) = match scope {
+        Scope::Canister(id) => ("canister id", id),
+        Scope::Subnet(id) => ("subnet id", id),
+        Scope::Unscoped => return Ok(()),
+    };
+    principal::check_len(id).map_err(|e| CertError::NotAuthorized(format!("invalid {what}: {}", e.0)))
 }
 
 fn check_signature_length(signature: &[u8]) -> Result<(), CertError> {
@@ -726,6 +737,46 @@ mod tests {
         );
         assert!(matches!(
             canister_ranges(&neither, sid, &canister),
+            Err(CertError::NotAuthorized(_))
+        ));
+    }
+
+    /// `vectors/synthetic_emulator_vectors.json`: a root-signed call certificate.
+    const SYNTHETIC_CALL_CERT: &str = "d9d9f7a26474726565830183024e726571756573745f7374617475738302582039756f1e38c949d599d32786849d80e3a3f594e01b8649a6dabf4d393ad3b5c083018302457265706c798203544449444c0001710b48656c6c6f2c2068656c6c6f8302467374617475738203477265706c69656483024474696d658203498098ba8fa99ee7cb17697369676e617475726558308c3e48c8253e38bda5c6777a6522a72d538e48d7907b2f3dba20ed54a860967bc154bb959feb1a8f02c4421ccc64a6c2";
+    const EMULATOR_ROOT_KEY: &str = "308182301d060d2b0601040182dc7c0503010201060c2b0601040182dc7c0503020103610086461f9aa95ff96cfb0fde9b960d0fa0e7df018daa5b78f1e1d541dbb16761d176ebffd3851c651bb3ba704246d66ebd19ad0b51a0b2fa4d892ca7fc11f937c42d065d526a67b2695d883e5300ba24c6b4c7cf45c6ccac6cc423a8ed8dcac0f6";
+    const SYNTHETIC_TIME_NS: u64 = 1_699_999_950_000_000_000;
+
+    #[test]
+    fn verify_returns_the_certificate_for_lookups() {
+        let cert = hex::decode(SYNTHETIC_CALL_CERT).unwrap();
+        let root = hex::decode(EMULATOR_ROOT_KEY).unwrap();
+        let request_id =
+            hex::decode("39756f1e38c949d599d32786849d80e3a3f594e01b8649a6dabf4d393ad3b5c0").unwrap();
+        let canister = hex::decode("000000000020000c0101").unwrap();
+        let scope = Scope::Canister(&canister);
+        let verified = verify(&cert, &root, scope, Some(SYNTHETIC_TIME_NS), None).unwrap();
+        assert_eq!(verified.time_ns(), Ok(SYNTHETIC_TIME_NS));
+        assert!(verified.delegation.is_none());
+        assert_eq!(
+            verified.lookup(&[b"request_status", &request_id, b"status"]),
+            Lookup::Found(b"replied")
+        );
+        assert_eq!(verified.lookup(&[b"canister"]), Lookup::Absent);
+        let late = SYNTHETIC_TIME_NS + DEFAULT_MAX_AGE_NS + 1;
+        assert!(matches!(
+            verify(&cert, &root, scope, Some(late), None),
+            Err(CertError::TooOld(_))
+        ));
+        let mut tampered = cert.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(matches!(
+            verify(&tampered, &root, scope, None, None),
+            Err(CertError::InvalidSignature(_))
+        ));
+        let too_long = [0u8; 30];
+        assert!(matches!(
+            verify(&cert, &root, Scope::Canister(&too_long), None, None),
             Err(CertError::NotAuthorized(_))
         ));
     }
