@@ -179,13 +179,13 @@ def test_bls_checks(vector: dict[str, Any], check: dict[str, Any]) -> None:
     assert vector["expected"]["bls_chain_valid"] is True
 
 
-@pytest.mark.parametrize(("vector", "canister"), canister_params("accept_for_effective_canister_ids"))
+@pytest.mark.parametrize(("vector", "canister"), list(canister_params("accept_for_effective_canister_ids")))
 def test_accepted_canisters(vector: dict[str, Any], canister: str) -> None:
     assert vector["expected"]["overall_valid_for_accepted_ids"] is True
     verify_certificate(cert_bytes(vector), root_key(vector), canister_id=principal_from_text(canister))
 
 
-@pytest.mark.parametrize(("vector", "canister"), canister_params("reject_for_effective_canister_ids"))
+@pytest.mark.parametrize(("vector", "canister"), list(canister_params("reject_for_effective_canister_ids")))
 def test_rejected_canisters(vector: dict[str, Any], canister: str) -> None:
     with pytest.raises(CertificateError, match=r"not authorized|canister ranges"):
         verify_certificate(cert_bytes(vector), root_key(vector), canister_id=principal_from_text(canister))
@@ -238,7 +238,7 @@ def test_certificate_lookups(vector: dict[str, Any], entry: dict[str, Any]) -> N
         assert bytes.fromhex(entry["value_hex"]).decode() == entry["value_utf8"]
 
 
-@pytest.mark.parametrize(("vector", "entry"), delegation_lookup_params())
+@pytest.mark.parametrize(("vector", "entry"), list(delegation_lookup_params()))
 def test_delegation_lookups(vector: dict[str, Any], entry: dict[str, Any]) -> None:
     delegation = delegation_of(cert_bytes(vector))
     assert delegation is not None
