@@ -169,7 +169,7 @@ def test_delegation_facts(vector: dict[str, Any]) -> None:
     assert public_key == ("found", bytes.fromhex(expected["subnet_public_key_der_hex"]))
 
 
-@pytest.mark.parametrize(("vector", "check"), vector_params("bls_checks"))
+@pytest.mark.parametrize(("vector", "check"), list(vector_params("bls_checks")))
 def test_bls_checks(vector: dict[str, Any], check: dict[str, Any]) -> None:
     message = bytes.fromhex(check["message_hex"])
     valid = bls_verify(
@@ -228,7 +228,7 @@ def test_negative_vectors_fail_because_the_ranges_are_pruned(vector: dict[str, A
             )
 
 
-@pytest.mark.parametrize(("vector", "entry"), vector_params("lookups"))
+@pytest.mark.parametrize(("vector", "entry"), list(vector_params("lookups")))
 def test_certificate_lookups(vector: dict[str, Any], entry: dict[str, Any]) -> None:
     path = [bytes.fromhex(label) for label in entry["path_hex"]]
     assert lookup_path(tree_cbor(cert_bytes(vector)), path) == expected_lookup(entry)
