@@ -28,8 +28,14 @@ from icgw._core import (
 )
 
 # --- section: authentication (request ids, identities, envelopes) -------------------------------
-
-
+from ._core import (
+    Ed25519Identity,
+    envelope_request_id,
+    request_id,
+    sign_envelope,
+    verify_envelope,
+    verify_signature,
+)
 
 # --- section: certification (hash trees, BLS, certificates) --------------------------------------
 
@@ -62,6 +68,12 @@ __all__ = [
     "principal_to_text",
     "self_authenticating_principal",
     # authentication names:
+    "Ed25519Identity",
+    "envelope_request_id",
+    "request_id",
+    "sign_envelope",
+    "verify_envelope",
+    "verify_signature",
 
     # certification names:
 
