@@ -11,10 +11,12 @@
 //! here too. We normalize `s` explicitly instead of relying on the curve crate, because `k256` rejects
 //! high-S signatures while `p256` accepts them.
 //!
-//! Ed25519: the IC follows ZIP-215 (cofactored verification, non-canonical point encodings allowed);
-//! ed25519-dalek's `verify` is cofactorless and requires canonical encodings. Honest signatures verify
-//! under both; only specially crafted ones (small-order components, non-canonical `R`) are rejected
-//! here and accepted by the replica.
+//! Ed25519: the IC follows ZIP-215 (cofactored verification, non-canonical point encodings allowed,
+//! no check of the key's order). We use ed25519-dalek's `verify_strict`, which is cofactorless and
+//! also refuses small-order ("weak") public keys and small-order `R`. Honest signatures verify under
+//! both rules; only crafted ones are refused here but accepted by the replica. The weak-key refusal
+//! matters: for a small-order key, a zero signature "verifies" for many messages, so the key's
+//! self-authenticating principal would belong to everybody.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -211,9 +213,9 @@ impl PublicKey {
             ))
         })?;
         Ok(match self {
-            PublicKey::Ed25519(vk) => vk
-                .verify(message, &ed25519_dalek::Signature::from_bytes(signature))
-                .is_ok(),
+            PublicKey::Ed25519(vk) => {
+                vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature)).is_ok()
+            }
             PublicKey::Secp256k1(vk) => match k256::ecdsa::Signature::from_slice(signature) {
                 Ok(sig) => vk.verify(message, &sig.normalize_s().unwrap_or(sig)).is_ok(),
                 Err(_) => false,

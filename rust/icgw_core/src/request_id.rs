@@ -340,19 +340,20 @@ fn py_type_name(obj: &Bound<'_, PyAny>) -> String {
 
 /// Integers beyond 64 bits go through Python's own `to_bytes`, so any size is hashed exactly.
 fn hash_py_big_int(obj: &Bound<'_, PyInt>) -> PyResult<Hash> {
+    let py = obj.py();
     let bits: usize = obj.call_method0("bit_length")?.extract()?;
     let negative = obj.lt(0)?;
+    // Two's complement needs one bit more than the magnitude for the sign.
+    let len = if negative { bits / 8 + 1 } else { bits.div_ceil(8) };
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("signed", negative)?;
+    let le = obj.call_method("to_bytes", (len, "little"), Some(&kwargs))?;
+    let le = le.downcast::<PyBytes>()?.as_bytes();
     let mut buf = Vec::with_capacity(bits / 7 + 2);
     if negative {
-        let le: Vec<u8> = obj
-            .call_method1("to_bytes", (bits / 8 + 1, "little", true))?
-            .extract()?;
-        leb128_signed_le(&le, &mut buf);
+        leb128_signed_le(le, &mut buf);
     } else {
-        let le: Vec<u8> = obj
-            .call_method1("to_bytes", (bits.div_ceil(8), "little"))?
-            .extract()?;
-        leb128_unsigned_le(&le, &mut buf);
+        leb128_unsigned_le(le, &mut buf);
     }
     Ok(sha256(&buf))
 }
