@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,6 +306,25 @@ def test_synthetic_call_request_id() -> None:
     env = cbor_encode({"content": content})
     verify_envelope(env, int(c["ingress_expiry"]) - SECOND)
     rejected(env, "has passed", now=int(c["ingress_expiry"]) + 1)
+
+
+def test_real_secp256k1_ws_open_envelope_from_the_protocol_notes() -> None:
+    """PROTOCOL.md §9 records a real ws_open frame signed by the JS SDK with a secp256k1 identity."""
+    notes = (VECTORS.parent / "spec" / "PROTOCOL.md").read_text()
+    (frame_hex,) = re.findall(r"d9d9f7a168656e76656c6f7065[0-9a-f]+", notes)
+    frame = bytes.fromhex(frame_hex)
+    # The frame is 55799({"envelope": <envelope>}): strip the tag, the 1-entry map head and the key.
+    prefix = bytes.fromhex("d9d9f7a1") + cbor_encode("envelope", self_describe=False)
+    assert frame.startswith(prefix)
+    env = frame[len(prefix) :]
+    decoded = cbor_decode(env)
+    assert isinstance(decoded, dict)
+    content = decoded["content"]
+    assert decoded["sender_pubkey"].startswith(bytes.fromhex("3056301006072a8648ce3d020106052b8104000a"))
+    assert envelope_request_id(env) == request_id(content)
+    verify_envelope(env, content["ingress_expiry"] - 60 * SECOND)
+    tampered = env[:-1] + bytes([env[-1] ^ 1])
+    rejected(tampered, "sender_sig does not verify", now=content["ingress_expiry"] - 60 * SECOND)
 
 
 # --- signatures of every scheme --------------------------------------------------------------------

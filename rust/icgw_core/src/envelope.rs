@@ -181,11 +181,6 @@ fn array<'v, 'a>(v: &'v Value<'a>, field: &str) -> Result<&'v [Value<'a>], Envel
         .ok_or_else(|| reject(format!("{field} must be an array, not a {}", v.type_name())))
 }
 
-fn set_once<T>(slot: &mut Option<T>, value: T) {
-    // Duplicate keys never reach here: the CBOR parser rejects them.
-    *slot = Some(value);
-}
-
 #[derive(Debug)]
 struct Content<'a> {
     request_type: RequestType,
@@ -226,8 +221,8 @@ fn parse_paths<'a>(v: &Value<'a>) -> Result<Vec<Vec<&'a [u8]>>, EnvelopeError> {
         .collect()
 }
 
-/// The fields each request type must have (besides request_type, sender and ingress_expiry) and may
-/// have.
+/// The fields a content of this request type may carry; which of them are required is checked once
+/// all are read. (Duplicate keys never get this far: the CBOR parser rejects them.)
 fn allowed_fields(request_type: RequestType) -> &'static [&'static str] {
     match request_type {
         RequestType::Call | RequestType::Query => &[
@@ -263,7 +258,7 @@ impl<'a> Content<'a> {
                 return Err(reject(format!("unexpected field {key:?} in {rt} content")));
             }
             match key {
-                "sender" => set_once(&mut sender, principal(value, "sender")?),
+                "sender" => sender = Some(principal(value, "sender")?),
                 "nonce" => {
                     let n = blob(value, "nonce")?;
                     if n.len() > MAX_NONCE_LEN {
@@ -272,13 +267,13 @@ impl<'a> Content<'a> {
                             n.len()
                         )));
                     }
-                    set_once(&mut nonce, n);
+                    nonce = Some(n);
                 }
-                "ingress_expiry" => set_once(&mut ingress_expiry, nat64(value, "ingress_expiry")?),
-                "canister_id" => set_once(&mut canister_id, principal(value, "canister_id")?),
-                "method_name" => set_once(&mut method_name, text(value, "method_name")?),
-                "arg" => set_once(&mut arg, blob(value, "arg")?),
-                "paths" => set_once(&mut paths, parse_paths(value)?),
+                "ingress_expiry" => ingress_expiry = Some(nat64(value, "ingress_expiry")?),
+                "canister_id" => canister_id = Some(principal(value, "canister_id")?),
+                "method_name" => method_name = Some(text(value, "method_name")?),
+                "arg" => arg = Some(blob(value, "arg")?),
+                "paths" => paths = Some(parse_paths(value)?),
                 _ => {} // request_type, already parsed
             }
             Ok(())
@@ -359,11 +354,8 @@ impl<'v, 'a> SignedDelegation<'v, 'a> {
         let (mut delegation, mut signature) = (None, None);
         for_each_field(v, &what, |key, value| {
             match key {
-                "delegation" => set_once(&mut delegation, value),
-                "signature" => set_once(
-                    &mut signature,
-                    blob(value, &format!("delegation {index} signature"))?,
-                ),
+                "delegation" => delegation = Some(value),
+                "signature" => signature = Some(blob(value, &format!("delegation {index} signature"))?),
                 other => return Err(reject(format!("unexpected field {other:?} in {what}"))),
             }
             Ok(())
@@ -374,12 +366,9 @@ impl<'v, 'a> SignedDelegation<'v, 'a> {
         let (mut pubkey, mut expiration, mut targets, mut permissions) = (None, None, None, Permissions::All);
         for_each_field(delegation, &format!("delegation {index}"), |key, value| {
             match key {
-                "pubkey" => set_once(&mut pubkey, blob(value, &format!("delegation {index} pubkey"))?),
-                "expiration" => set_once(
-                    &mut expiration,
-                    nat64(value, &format!("delegation {index} expiration"))?,
-                ),
-                "targets" => set_once(&mut targets, parse_targets(value, index)?),
+                "pubkey" => pubkey = Some(blob(value, &format!("delegation {index} pubkey"))?),
+                "expiration" => expiration = Some(nat64(value, &format!("delegation {index} expiration"))?),
+                "targets" => targets = Some(parse_targets(value, index)?),
                 "permissions" => permissions = parse_permissions(value, index)?,
                 other => {
                     return Err(reject(format!(
@@ -430,10 +419,10 @@ impl<'v, 'a> Envelope<'v, 'a> {
         let (mut content, mut sender_pubkey, mut sender_sig, mut delegations) = (None, None, None, None);
         for_each_field(root, "envelope", |key, value| {
             match key {
-                "content" => set_once(&mut content, value),
-                "sender_pubkey" => set_once(&mut sender_pubkey, blob(value, "sender_pubkey")?),
-                "sender_sig" => set_once(&mut sender_sig, blob(value, "sender_sig")?),
-                "sender_delegation" => set_once(&mut delegations, parse_delegations(value)?),
+                "content" => content = Some(value),
+                "sender_pubkey" => sender_pubkey = Some(blob(value, "sender_pubkey")?),
+                "sender_sig" => sender_sig = Some(blob(value, "sender_sig")?),
+                "sender_delegation" => delegations = Some(parse_delegations(value)?),
                 other => return Err(reject(format!("unexpected field {other:?} in the envelope"))),
             }
             Ok(())

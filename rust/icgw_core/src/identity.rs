@@ -213,9 +213,9 @@ impl PublicKey {
             ))
         })?;
         Ok(match self {
-            PublicKey::Ed25519(vk) => {
-                vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature)).is_ok()
-            }
+            PublicKey::Ed25519(vk) => vk
+                .verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature))
+                .is_ok(),
             PublicKey::Secp256k1(vk) => match k256::ecdsa::Signature::from_slice(signature) {
                 Ok(sig) => vk.verify(message, &sig.normalize_s().unwrap_or(sig)).is_ok(),
                 Err(_) => false,
