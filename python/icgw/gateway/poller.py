@@ -9,6 +9,7 @@ jitter and keep every client; a batch whose certificate does not verify is never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -135,10 +136,8 @@ class CanisterPoller:
         if seconds <= 0:
             return
         self._wake.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
-        except TimeoutError:
-            pass
 
     async def _poll_once(self) -> float:
         """One query and its fan-out; returns how long to wait before the next one (0: at once)."""
@@ -187,7 +186,10 @@ class CanisterPoller:
             # The canister dropped messages we never saw (or was reinstalled). Clients detect the gap in
             # their sequence numbers; the poller resynchronises instead of giving up on every client.
             log.warning(
-                "canister %s skipped from nonce %d to %d", self._canister_text(), self._next_nonce, first_nonce
+                "canister %s skipped from nonce %d to %d",
+                self._canister_text(),
+                self._next_nonce,
+                first_nonce,
             )
             self._metrics.nonce_gap()
 

@@ -53,7 +53,9 @@ class ClientSession(WSListener):  # type: ignore[misc]
         self.client_key: ClientKey | None = None
         self.transport: WSTransport | None = None
         self.relay: OrderedRelay | None = None
-        self._limiter = TokenBucket(hub.config.max_client_messages_per_second, hub.config.max_client_messages_per_second)
+        self._limiter = TokenBucket(
+            hub.config.max_client_messages_per_second, hub.config.max_client_messages_per_second
+        )
         self._open_timer: asyncio.TimerHandle | None = None
         self._close_reason = "client_close"
 
@@ -65,7 +67,9 @@ class ClientSession(WSListener):  # type: ignore[misc]
             self.close_from_gateway(WSCloseCode.TRY_AGAIN_LATER, "the gateway is at its connection limit")
             return
         transport.send(WSMsgType.BINARY, self.hub.handshake)
-        self._open_timer = asyncio.get_running_loop().call_later(self.hub.config.open_timeout_s, self._open_timed_out)
+        self._open_timer = asyncio.get_running_loop().call_later(
+            self.hub.config.open_timeout_s, self._open_timed_out
+        )
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
@@ -92,7 +96,9 @@ class ClientSession(WSListener):  # type: ignore[misc]
         self.state = SessionState.CLOSED
         if self.relay is not None:
             self.relay.close()
-        self.hub.release(self, self._close_reason, registered=previous in (SessionState.OPENING, SessionState.OPEN))
+        self.hub.release(
+            self, self._close_reason, registered=previous in (SessionState.OPENING, SessionState.OPEN)
+        )
 
     # --- frames from the client ------------------------------------------------------------------
 
@@ -112,11 +118,15 @@ class ClientSession(WSListener):  # type: ignore[misc]
             self._reject(WSCloseCode.POLICY_VIOLATION, "only call envelopes can be relayed")
             return
         if self.state is SessionState.AWAITING_OPEN:
-            self._on_open_request(frame.canister_id, frame.sender, frame.method_name, frame.arg, frame.envelope)
+            self._on_open_request(
+                frame.canister_id, frame.sender, frame.method_name, frame.arg, frame.envelope
+            )
         else:
             self._on_message_request(frame.canister_id, frame.sender, frame.method_name, frame.envelope)
 
-    def _on_open_request(self, canister_id: bytes, sender: bytes, method: str, arg: bytes, envelope: bytes) -> None:
+    def _on_open_request(
+        self, canister_id: bytes, sender: bytes, method: str, arg: bytes, envelope: bytes
+    ) -> None:
         if method != "ws_open":
             self._reject(WSCloseCode.POLICY_VIOLATION, f"the first call must be ws_open, not {method!r}")
             return
@@ -134,7 +144,9 @@ class ClientSession(WSListener):  # type: ignore[misc]
             )
             return
         if not self.hub.canister_allowed(canister_id):
-            self._reject(WSCloseCode.POLICY_VIOLATION, f"canister {principal_to_text(canister_id)} is not served here")
+            self._reject(
+                WSCloseCode.POLICY_VIOLATION, f"canister {principal_to_text(canister_id)} is not served here"
+            )
             return
         client_key: ClientKey = (sender, int(args["client_nonce"]))
         if not self.hub.register(self, canister_id, client_key):
@@ -178,7 +190,9 @@ class ClientSession(WSListener):  # type: ignore[misc]
         if transport.underlying_transport.get_write_buffer_size() > self.hub.config.send_buffer_high_water:
             self._close_reason = "slow_client"
             self.hub.metrics.slow_client_close()
-            self.close_from_gateway(WSCloseCode.TRY_AGAIN_LATER, "the client does not read its messages fast enough")
+            self.close_from_gateway(
+                WSCloseCode.TRY_AGAIN_LATER, "the client does not read its messages fast enough"
+            )
             return
         transport.send(WSMsgType.BINARY, frame)
         self.state = SessionState.OPEN
