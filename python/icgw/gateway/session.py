@@ -42,7 +42,7 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
-class ClientSession(WSListener):  # type: ignore[misc]
+class ClientSession(WSListener):
     """A picows listener: every callback runs on the event loop and never blocks."""
 
     def __init__(self, hub: Hub, peer: str) -> None:
@@ -138,9 +138,9 @@ class ClientSession(WSListener):  # type: ignore[misc]
         assert isinstance(args, dict)
         gateway_principal = args["gateway_principal"]
         if gateway_principal != self.hub.principal:
+            named = principal_to_text(gateway_principal)
             self._reject(
-                WSCloseCode.POLICY_VIOLATION,
-                f"ws_open names gateway {principal_to_text(gateway_principal)}, this is {self.hub.principal_text}",
+                WSCloseCode.POLICY_VIOLATION, f"ws_open names gateway {named}, not {self.hub.principal_text}"
             )
             return
         if not self.hub.canister_allowed(canister_id):
@@ -200,7 +200,7 @@ class ClientSession(WSListener):  # type: ignore[misc]
 
     # --- closing -------------------------------------------------------------------------------------
 
-    def close_from_gateway(self, code: int, reason: str) -> None:
+    def close_from_gateway(self, code: WSCloseCode, reason: str) -> None:
         """Close with a code and reason; the rest of the cleanup happens in on_ws_disconnected."""
         transport = self.transport
         if transport is None or transport.is_close_frame_sent:
@@ -222,7 +222,7 @@ class ClientSession(WSListener):  # type: ignore[misc]
             self._close_reason = "open_timeout"
             self.close_from_gateway(WSCloseCode.POLICY_VIOLATION, "no ws_open call arrived in time")
 
-    def _reject(self, code: int, reason: str) -> None:
+    def _reject(self, code: WSCloseCode, reason: str) -> None:
         log.info("closing client %s: %s", self.peer, reason)
         self._close_reason = "protocol_error"
         self.close_from_gateway(code, reason)
