@@ -36,8 +36,19 @@ from icgw._core import (
 
 
 # --- section: candid and fan-out -------------------------------------------------------------------
-
-
+# Candid for the IC WebSocket interface (types from ws_types.did, PROTOCOL.md §2.1), the CBOR
+# WebsocketMessage (§3.1) and the ws_get_messages fan-out into client frames (§3.3, §5.4).
+from icgw._core import (
+    MessagesBatch,
+    candid_decode,
+    candid_decode_values,
+    candid_encode,
+    candid_encode_values,
+    candid_idl_hash,
+    decode_messages_reply,
+    decode_websocket_message,
+    encode_websocket_message,
+)
 
 # --- section: gateway frames -----------------------------------------------------------------------
 
@@ -66,6 +77,15 @@ __all__ = [
     # certification names:
 
     # candid and fan-out names:
+    "MessagesBatch",
+    "candid_decode",
+    "candid_decode_values",
+    "candid_encode",
+    "candid_encode_values",
+    "candid_idl_hash",
+    "decode_messages_reply",
+    "decode_websocket_message",
+    "encode_websocket_message",
 
     # frame names:
 

@@ -30,7 +30,7 @@ use candid_parser::syntax::{IDLInitArgs, IDLProg};
 use candid_parser::typing::{check_init_args, check_prog};
 use pyo3::prelude::*;
 use pyo3::types::{
-    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple,
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PySequence, PyString, PyTuple,
 };
 
 use crate::cbor::{self, Value, Writer};
@@ -1072,6 +1072,53 @@ fn sequence_items<'py>(obj: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyAny>>
 }
 
 // ---------------------------------------------------------------------------------------------
+// Candid text output.
+
+/// The Candid text of decoded arguments, as the crate prints them, but always parseable back to the same
+/// value. The crate escapes text with Rust's `escape_debug`, whose only escape that Candid does not have
+/// is `\0` for NUL; Candid reads `\0a` as the byte 0x0a, so "NUL, a" would silently become a newline.
+pub fn args_to_text(args: &IDLArgs) -> String {
+    let printed = args.to_string();
+    if printed.contains("\\0") {
+        escape_nuls_in_text_literals(&printed)
+    } else {
+        printed
+    }
+}
+
+/// Rewrite `\0` as `\u{0}` inside text literals (string literals not preceded by `blob `, whose `\HH`
+/// escapes are bytes and are left alone).
+fn escape_nuls_in_text_literals(printed: &str) -> String {
+    let mut out = String::with_capacity(printed.len() + 16);
+    let mut chars = printed.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '"' {
+            continue;
+        }
+        let is_blob = out[..out.len() - 1].ends_with("blob ");
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => {
+                    out.push(c);
+                    break;
+                }
+                '\\' => match chars.next() {
+                    Some('0') if !is_blob => out.push_str("\\u{0}"),
+                    Some(escaped) => {
+                        out.push('\\');
+                        out.push(escaped);
+                    }
+                    None => out.push('\\'),
+                },
+                _ => out.push(c),
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
 // Python boundary.
 
 fn text_args(text: &str) -> Result<IDLArgs, CandidWsError> {
@@ -1125,7 +1172,7 @@ fn candid_decode(data: &[u8], types: Option<&str>) -> PyResult<String> {
             }
         }
     };
-    Ok(args.to_string())
+    Ok(args_to_text(&args))
 }
 
 /// Encode Python values at Candid argument types (see the module docs for the value mapping).
@@ -1136,8 +1183,7 @@ fn candid_encode_values<'py>(
     values: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let parsed = parse_arg_types(types)?;
-    let values =
-        sequence_items(values).ok_or_else(|| CandidError::new_err("values must be a list or tuple"))?;
+    let values = top_level_values(values)?;
     if values.len() != parsed.types.len() {
         return Err(CandidError::new_err(format!(
             "{} types but {} values",
@@ -1159,6 +1205,21 @@ fn candid_encode_values<'py>(
     Ok(PyBytes::new(py, &bytes))
 }
 
+/// The argument values: any sequence except text and bytes (which would be read as characters).
+fn top_level_values<'py>(values: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    if let Some(items) = sequence_items(values) {
+        return Ok(items);
+    }
+    let is_text_or_bytes = values.is_instance_of::<PyString>() || as_bytes(values).is_some();
+    match values.downcast::<PySequence>() {
+        Ok(seq) if !is_text_or_bytes => seq.try_iter()?.collect(),
+        _ => Err(CandidError::new_err(format!(
+            "values must be a sequence, not {}",
+            type_name(values)
+        ))),
+    }
+}
+
 /// Decode a Candid message at argument types into plain Python values.
 #[pyfunction]
 fn candid_decode_values<'py>(py: Python<'py>, types: &str, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
@@ -1171,6 +1232,7 @@ fn candid_decode_values<'py>(py: Python<'py>, types: &str, data: &[u8]) -> PyRes
     Ok(out)
 }
 
+/// The Candid field id of a record field or variant case name.
 #[pyfunction]
 fn candid_idl_hash(name: &str) -> u32 {
     idl_hash(name)
@@ -1204,6 +1266,8 @@ fn py_encode_websocket_message<'py>(
     Ok(PyBytes::new(py, &encode_websocket_message(&msg, self_describe)))
 }
 
+/// Parse a CBOR `WebsocketMessage` into `{client_key: {client_principal, client_nonce}, sequence_num,
+/// timestamp, is_service_message, content}`; exactly these fields, strictly typed.
 #[pyfunction(name = "decode_websocket_message")]
 fn py_decode_websocket_message<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
     let msg = decode_websocket_message(data)?;
@@ -1412,6 +1476,21 @@ mod tests {
             .0
             .contains("must be a bool"));
         assert!(decode_websocket_message(&[0xa5]).is_err());
+    }
+
+    #[test]
+    fn text_output_escapes_nul_so_that_it_reads_back() {
+        let args = IDLArgs {
+            args: vec![
+                IDLValue::Text("\0a\\0\"\0".into()),
+                IDLValue::Blob(vec![0, 0x0a, b'"']),
+            ],
+        };
+        let text = args_to_text(&args);
+        assert_eq!(text, "(\"\\u{0}a\\\\0\\\"\\u{0}\", blob \"\\00\\0a\\22\")");
+        let back = candid_parser::parse_idl_args(&text).unwrap();
+        assert_eq!(back.args[0], args.args[0]);
+        assert_eq!(back.args[1], args.args[1]);
     }
 
     #[test]

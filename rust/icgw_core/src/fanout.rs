@@ -733,6 +733,8 @@ pub fn decode_messages_batch(
     Ok(batch)
 }
 
+/// Decode and check the Candid reply of `ws_get_messages`. `Err(text)` raises `MessagesError(text)`;
+/// Candid of another type raises `CandidError`; protocol violations raise `MessagesError`.
 #[pyfunction]
 #[pyo3(signature = (reply_arg, expected_nonce = None))]
 fn decode_messages_reply(reply_arg: &[u8], expected_nonce: Option<u64>) -> PyResult<MessagesBatch> {
