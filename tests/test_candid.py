@@ -772,6 +772,20 @@ def test_websocket_message_rejects_a_long_principal_on_encode() -> None:
         encode_websocket_message(bytes(30), 1, 1, 1, False, b"x")
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((2**64, 1, 1), "client_nonce: 18446744073709551616 is out of range for nat64"),
+        ((1, -1, 1), "sequence_num: -1 is out of range for nat64"),
+        ((1, 1, True), "timestamp: expected an int for nat64, got a bool"),
+    ],
+)
+def test_websocket_message_integers_are_nat64(args: tuple[Any, Any, Any], message: str) -> None:
+    with pytest.raises(CandidError) as excinfo:
+        encode_websocket_message(CLIENT, *args, False, b"x")
+    assert message in str(excinfo.value)
+
+
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=120))
 def test_websocket_message_random_bytes_raise_candid_error(data: bytes) -> None:

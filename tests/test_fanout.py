@@ -139,6 +139,12 @@ def test_nonces_must_be_consecutive_within_a_batch(nonces: list[int], expected: 
     assert f"expected {expected}, got {seen}" in str(excinfo.value)
 
 
+@pytest.mark.parametrize("expected_nonce", [-1, 2**64, True])
+def test_the_expected_nonce_must_be_a_nat64(expected_nonce: int) -> None:
+    with pytest.raises(MessagesError, match="expected_nonce"):
+        decode_messages_reply(ok_reply([message(1)]), expected_nonce)
+
+
 def test_the_nonce_cannot_wrap_around() -> None:
     top = 2**64 - 1
     assert decode_messages_reply(ok_reply([message(top, client_index=0)]), top).last_nonce == top

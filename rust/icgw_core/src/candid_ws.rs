@@ -5,7 +5,7 @@
 //!   written in Candid syntax and resolved against the embedded `ws_types.did` (plus any `type X = …;`
 //!   declarations written in front of the argument list).
 //! * Typed paths for the other modules: [`decode_ws_open_arguments`], [`decode_ws_message_arguments`],
-//!   [`decode_get_messages_result`] (fan-out) and the `encode_*` helpers.
+//!   the `encode_*` helpers (the fan-out has its own reader: [`crate::fanout`]).
 //! * The CBOR `WebsocketMessage` that the CDK certifies and the SDK decodes ([`encode_websocket_message`],
 //!   [`decode_websocket_message`]).
 //!
@@ -44,7 +44,8 @@ pub const WS_TYPES_DID: &str = include_str!("ws_types.did");
 /// larger did not come from the IC.
 pub const MAX_CANDID_LEN: usize = 8 << 20;
 /// Work units (the crate's cost model: roughly one per value byte, a few more per field or element)
-/// allowed per input byte, on top of [`QUOTA_BASE`]. Honest WebSocket messages cost about 1.1 per byte.
+/// allowed per input byte, on top of [`QUOTA_BASE`]. Typical WebSocket replies cost about 1.2 per byte;
+/// the densest honest one (thousands of minimal messages, each principal charged 30) about 9.
 pub const QUOTA_PER_BYTE: usize = 16;
 /// Fixed work allowance, so that small messages with a few fields are never refused.
 pub const QUOTA_BASE: usize = 16_384;
@@ -1238,6 +1239,12 @@ fn candid_idl_hash(name: &str) -> u32 {
     idl_hash(name)
 }
 
+/// A `nat64` parameter: an int (not a bool) in 0..2^64, else `CandidError` (rather than the
+/// `OverflowError` or `TypeError` a plain `u64` parameter would raise).
+pub(crate) fn u64_param(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
+    fixed_int(obj, name, "nat64")
+}
+
 /// The CBOR `WebsocketMessage` (Rust CDK flavour with the self-describe tag by default; Motoko without).
 #[pyfunction(name = "encode_websocket_message")]
 #[pyo3(signature = (client_principal, client_nonce, sequence_num, timestamp, is_service_message, content, *, self_describe = true))]
@@ -1245,9 +1252,9 @@ fn candid_idl_hash(name: &str) -> u32 {
 fn py_encode_websocket_message<'py>(
     py: Python<'py>,
     client_principal: &[u8],
-    client_nonce: u64,
-    sequence_num: u64,
-    timestamp: u64,
+    client_nonce: &Bound<'py, PyAny>,
+    sequence_num: &Bound<'py, PyAny>,
+    timestamp: &Bound<'py, PyAny>,
     is_service_message: bool,
     content: &[u8],
     self_describe: bool,
@@ -1256,10 +1263,10 @@ fn py_encode_websocket_message<'py>(
     let msg = WebsocketMessage {
         client_key: ClientKey {
             client_principal: to_principal(client_principal, "client_principal")?,
-            client_nonce,
+            client_nonce: u64_param(client_nonce, "client_nonce")?,
         },
-        sequence_num,
-        timestamp,
+        sequence_num: u64_param(sequence_num, "sequence_num")?,
+        timestamp: u64_param(timestamp, "timestamp")?,
         is_service_message,
         content: content.to_vec(),
     };

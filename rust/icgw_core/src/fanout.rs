@@ -17,10 +17,11 @@
 //! the same reason).
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::candid_ws::{
-    self, boolean, field, nat64, parse_arg_types, principal_bytes, record, take_blob, text, CandidWsError,
+    self, boolean, field, nat64, parse_arg_types, principal_bytes, record, take_blob, text, u64_param,
+    CandidWsError,
 };
 use crate::errors::MessagesError;
 
@@ -654,7 +655,7 @@ impl MessagesBatch {
                 [
                     PyBytes::new(py, &m.client_principal).into_any(),
                     m.client_nonce.into_pyobject(py)?.into_any(),
-                    m.key.clone().into_pyobject(py)?.into_any(),
+                    PyString::new(py, &m.key).into_any(),
                     PyBytes::new(py, &m.content).into_any(),
                 ],
             )
@@ -737,7 +738,13 @@ pub fn decode_messages_batch(
 /// Candid of another type raises `CandidError`; protocol violations raise `MessagesError`.
 #[pyfunction]
 #[pyo3(signature = (reply_arg, expected_nonce = None))]
-fn decode_messages_reply(reply_arg: &[u8], expected_nonce: Option<u64>) -> PyResult<MessagesBatch> {
+fn decode_messages_reply(
+    reply_arg: &[u8],
+    expected_nonce: Option<&Bound<'_, PyAny>>,
+) -> PyResult<MessagesBatch> {
+    let expected_nonce = expected_nonce
+        .map(|n| u64_param(n, "expected_nonce").map_err(|e| MessagesError::new_err(e.to_string())))
+        .transpose()?;
     let batch = decode_messages_batch(reply_arg, expected_nonce)?;
     let tail = if batch.messages.is_empty() {
         Vec::new()
@@ -946,6 +953,33 @@ mod tests {
         assert_eq!(fast.messages[0].client_principal, [7]);
         assert_eq!(fast.messages[0].client_nonce, 9);
         assert!(fast.is_end_of_queue);
+    }
+
+    #[test]
+    fn the_general_path_quota_admits_dense_honest_replies() {
+        // 2000 messages of the smallest possible size (empty principal, key "_7", 1-byte content) cost the
+        // decoder about 9 units per byte, the densest honest reply there is; typical replies cost ~1.2.
+        let messages = (0..2000u64)
+            .map(|n| Message {
+                client_key: ClientKey {
+                    client_principal: Principal::from_slice(&[]),
+                    client_nonce: n,
+                },
+                key: "_7".into(),
+                content: vec![1],
+            })
+            .collect();
+        let ok: Result<Certified, String> = Ok(Certified {
+            messages,
+            cert: vec![1; 2000],
+            tree: vec![2; 500],
+            is_end_of_queue: true,
+        });
+        let data = candid::encode_one(ok).unwrap();
+        assert_eq!(
+            decode_get_messages_result_generic(&data).unwrap().messages.len(),
+            2000
+        );
     }
 
     #[test]
