@@ -498,6 +498,25 @@ async def test_a_relayed_call_of_another_sender_is_accepted_without_polling(
         outcome.reply_or_raise()
 
 
+async def test_an_anonymous_relayed_call_is_awaited_with_anonymous_polls(
+    endpoint: Endpoint, agent: IcAgent
+) -> None:
+    content = {
+        "request_type": "call",
+        "sender": core.ANONYMOUS,
+        "nonce": b"\x02" * 16,
+        "ingress_expiry": time.time_ns() + 2 * MINUTE_NS,
+        "canister_id": CANISTER,
+        "method_name": "slow",
+        "arg": b"",
+    }
+    outcome = await agent.submit_call(CANISTER, core.cbor_encode({"content": content}))
+    assert outcome.status == "replied"
+    reads = endpoint.replica.requests("read_state")
+    assert reads
+    assert {entry.content["sender"] for entry in reads} == {core.ANONYMOUS}
+
+
 async def test_submit_call_polls_as_the_sender_when_given_its_identity(
     endpoint: Endpoint, agent: IcAgent, identity: core.Ed25519Identity
 ) -> None:

@@ -25,7 +25,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, NoReturn, TypeAlias, TypeVar
 
@@ -127,14 +127,16 @@ class CallOutcome:
         raise IcProtocolError(f"call 0x{self.request_id.hex()} has no reply (status {self.status})")
 
 
-class _NoStatusReader(enum.Enum):
-    """Marks a call whose request status this agent cannot read (it lacks the sender's key)."""
+class _StatusPolling(enum.Enum):
+    """How `_submit_call` may wait for an outcome when no identity is given to read the status."""
 
-    TOKEN = 0
+    NEVER = 0
+    # Only if the envelope's sender is anonymous (decoded on a 202 only, not on every relayed call).
+    IF_SENDER_IS_ANONYMOUS = 1
 
 
-# Who may read a call's request status: an identity, None for anonymous, or nobody here.
-_StatusReader: TypeAlias = core.Ed25519Identity | _NoStatusReader | None
+# Who reads a call's request status: an identity, None for anonymous, or a `_StatusPolling` rule.
+_StatusReader: TypeAlias = core.Ed25519Identity | _StatusPolling | None
 
 
 @dataclass(slots=True)
@@ -162,12 +164,19 @@ class _SubnetNodes:
     subnet_id: bytes
     tree: bytes
     fetched_at: float
+    # Keys already looked up, so that a poll does not parse the subnet's tree again.
+    found: dict[bytes, bytes] = field(default_factory=dict)
 
     def node_key(self, node_id: bytes) -> bytes | None:
-        result, value = core.lookup_path(
-            self.tree, [b"subnet", self.subnet_id, b"node", node_id, b"public_key"]
-        )
-        return value if result == "found" else None
+        key = self.found.get(node_id)
+        if key is None:
+            result, value = core.lookup_path(
+                self.tree, [b"subnet", self.subnet_id, b"node", node_id, b"public_key"]
+            )
+            if result != "found" or value is None:
+                return None
+            key = self.found[node_id] = value
+        return key
 
 
 class IcAgent:
@@ -204,7 +213,6 @@ class IcAgent:
         self._max_response_bytes = max_response_bytes
         self._max_age_ns = certificate_max_age_ns
         self._clock = clock
-        self._timeouts = timeouts
         # One ClientTimeout per request kind, made once rather than per request.
         self._status_timeout = aiohttp.ClientTimeout(total=timeouts.status, connect=timeouts.connect)
         self._query_timeout = aiohttp.ClientTimeout(total=timeouts.query, connect=timeouts.connect)
@@ -294,15 +302,13 @@ class IcAgent:
         or a `read_state_identity` that is not the envelope's sender.
         """
         request_id = core.envelope_request_id(envelope)
-        reader: _StatusReader = _NoStatusReader.TOKEN
-        if wait:
-            sender = _envelope_sender(envelope)
-            if read_state_identity is not None:
-                if read_state_identity.principal != sender:
-                    raise ValueError("read_state_identity is not the sender of the envelope")
-                reader = read_state_identity
-            elif sender == core.ANONYMOUS:
-                reader = None
+        reader: _StatusReader = _StatusPolling.NEVER
+        if wait and read_state_identity is not None:
+            if read_state_identity.principal != _envelope_sender(envelope):
+                raise ValueError("read_state_identity is not the sender of the envelope")
+            reader = read_state_identity
+        elif wait:
+            reader = _StatusPolling.IF_SENDER_IS_ANONYMOUS
         return await self._submit_call(canister_id, envelope, request_id, reader)
 
     async def call(
@@ -337,7 +343,9 @@ class IcAgent:
             raise IcHttpError(status, _body_text(body), url)
         if outcome is not None:
             return outcome
-        if isinstance(reader, _NoStatusReader):
+        if reader is _StatusPolling.IF_SENDER_IS_ANONYMOUS and _envelope_sender(envelope) == core.ANONYMOUS:
+            reader = None
+        if isinstance(reader, _StatusPolling):
             return CallOutcome(request_id, "accepted")
         return await self._poll_request_status(canister_id, request_id, reader)
 
