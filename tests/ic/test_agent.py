@@ -847,3 +847,40 @@ async def test_a_published_synchronous_call_certificate_verifies(endpoint: Endpo
     ) as agent:
         with pytest.raises(IcVerificationError):
             await agent.submit_call(content["canister_id"], envelope)
+
+
+async def test_node_keys_of_an_application_subnet_come_from_its_delegated_certificate(
+    endpoint: Endpoint,
+) -> None:
+    # A real mainnet answer to read_state ["subnet"] through canister 224od: a certificate delegated
+    # to subnet o3ow2, whose 13 node keys it carries. No published query response goes with it, so
+    # the query responses are made here: one by a node of o3ow2 (its key is found, the forged
+    # signature fails) and one by a node of another subnet (unknown to o3ow2).
+    vector = load_vector("cert_mainnet_224od_subnet_v3_2025.json")
+    o3ow2 = vector["expected"]["delegation"]["subnet_id"]
+    canister = core.principal_from_text(vector["expected"]["accept_for_effective_canister_ids"][0])
+    endpoint.replica.canned["read_state"] = bytes.fromhex(vector["response_body_hex"])
+
+    def response_signed_by(node: str) -> bytes:
+        signature = {"timestamp": 1, "signature": bytes(64), "identity": core.principal_from_text(node)}
+        return core.cbor_encode(
+            {"status": "replied", "reply": {"arg": b"DIDL\x00\x00"}, "signatures": [signature]}
+        )
+
+    # The certificate is from 2025: its freshness cannot be checked, its signatures can.
+    async with IcAgent(endpoint.url, root_key=MAINNET_ROOT_KEY_DER, certificate_max_age_ns=None) as agent:
+        endpoint.replica.canned["query"] = response_signed_by(
+            "5jbfj-wygyf-jzcjw-s6ali-nlazr-nbejd-sfw6h-v44fg-hh34c-khde2-lqe"
+        )
+        with pytest.raises(IcVerificationError, match=r"signature of node 5jbfj-.*(invalid|malformed)"):
+            await agent.query(None, canister, "ws_get_messages", b"DIDL\x00\x00")
+        endpoint.replica.canned["query"] = response_signed_by(
+            "oo4np-rrvnz-5vram-kglex-enhkp-uew6q-vdf6z-whj4x-v44jd-tebaw-nqe"
+        )
+        with pytest.raises(IcVerificationError, match=f"not a node of subnet {o3ow2}"):
+            await agent.query(None, canister, "ws_get_messages", b"DIDL\x00\x00")
+        # The same certificate does not vouch for a canister outside the delegation's ranges.
+        outside = core.principal_from_text(vector["expected"]["reject_for_effective_canister_ids"][0])
+        with pytest.raises(IcVerificationError, match="certificate"):
+            await agent.query(None, outside, "ws_get_messages", b"DIDL\x00\x00")
+    assert len(endpoint.replica.requests("read_state")) == 2
