@@ -69,13 +69,14 @@ def build_reply(
     )
     signature = bls_sign(SECRET, b"\x0dic-state-root" + hash_tree_digest(state))
     cert = cbor_encode({"tree": cbor_decode(hash_tree_encode(state)), "signature": signature})
+    routes = clients or [(CLIENT, 7)] * len(contents)
     messages = [
         {
-            "client_key": {"client_principal": CLIENT, "client_nonce": 7},
+            "client_key": {"client_principal": principal, "client_nonce": nonce},
             "key": key,
             "content": tamper or content,
         }
-        for key, content in zip(keys, contents, strict=True)
+        for key, content, (principal, nonce) in zip(keys, contents, routes, strict=True)
     ]
     ok = {
         "messages": messages,
