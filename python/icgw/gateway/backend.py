@@ -66,4 +66,5 @@ class AgentBackend:
         return reply
 
     def verify_batch(self, canister_id: bytes, batch: MessagesBatch) -> None:
-        batch.verify(self.root_key, canister_id, now_ns=time.time_ns(), max_age_ns=self.certificate_max_age_ns)
+        now = time.time_ns()
+        batch.verify(self.root_key, canister_id, now_ns=now, max_age_ns=self.certificate_max_age_ns)
