@@ -77,8 +77,8 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
 
 
-def _principals(texts: Sequence[str]) -> frozenset[bytes]:
-    return frozenset(parse_principal(item) for text in texts for item in text.split(",") if item.strip())
+def _principals(texts: Sequence[str]) -> tuple[bytes, ...]:
+    return tuple(parse_principal(item) for text in texts for item in text.split(",") if item.strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("--max-frame-size", "max_frame_size", _size,
             "largest client frame accepted, in bytes (units: k, MiB, ...)", "BYTES"),
     _Option("--max-client-messages-per-second", "max_client_messages_per_second", _number,
-            "frames a client may send per second, also the burst; 0 means no limit", "RATE"),
+            "frames a client may send per second, also the burst (at least 1)", "RATE"),
     _Option("--open-timeout", "open_timeout_s", _number,
             "seconds from accepting a connection to its ws_open frame", "SECONDS"),
     _Option("--send-buffer-high-water", "send_buffer_high_water", _size,
@@ -143,7 +143,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("--workers", "workers", _integer,
             "worker processes sharing the port, each with its own identity", "N"),
     _Option("--embedded-replica", "embedded_replica", _boolean,
-            "start the embedded IC replica emulator at --ic-network-url", kind="switch"),
+            "run the embedded IC replica emulator (icgw.replica) and use it as the IC", kind="switch"),
     _Option("--replica-canisters", "replica_canisters", _integer,
             "canisters the embedded replica emulator installs", "N"),
     _Option("--log-stdout", "log_stdout", str, "stdout log filter, e.g. icgw=info,icgw.gateway.poller=debug",

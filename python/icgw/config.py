@@ -99,12 +99,13 @@ class GatewayConfig:
     # --- limits and timeouts the reference does not have -------------------------------------------
     max_connections: int = 100_000
     max_frame_size: int = IC_INGRESS_LIMIT + ENVELOPE_HEADROOM
-    # Frames a client may send per second, also the token-bucket burst; 0 means no limit.
+    # Frames a client may send per second, also the token-bucket burst.
     max_client_messages_per_second: float = 100.0
     open_timeout_s: float = 30.0  # from TCP accept to a valid ws_open frame
     send_buffer_high_water: int = 4 * MIB  # bytes queued for one client before it is closed as slow
-    # Canisters clients may open connections to (raw principal bytes); None allows every canister.
-    allowed_canisters: frozenset[bytes] | None = None
+    # Canisters clients may open connections to (raw principal bytes, sorted, no duplicates); None allows
+    # every canister. Checked once per connection, so a tuple is enough.
+    allowed_canisters: tuple[bytes, ...] | None = None
     drain_timeout_s: float = 10.0  # on shutdown, time left to connections to close cleanly
     idle_timeout_s: float = 30.0  # WebSocket ping interval and pong timeout; 0 disables keep-alive
     # --- processes, identity, files ----------------------------------------------------------------
@@ -117,7 +118,10 @@ class GatewayConfig:
     embedded_replica: bool = False
     replica_canisters: int = 1
     # --- log and telemetry filters (`target=level,...` specs, see icgw.observability.logging) ------
-    log_stdout: str = "icgw=info"
+    # The reference's default is its own crate at info and nothing else. icgw adds other libraries' errors:
+    # an exception in an asyncio task, or a failed trace export, is reported at ERROR by asyncio or the
+    # library, and would otherwise vanish.
+    log_stdout: str = "error,icgw=info"
     log_file: str | None = None  # None: no log file is written
     log_telemetry: str = "icgw=debug"
 
@@ -150,11 +154,17 @@ class GatewayConfig:
                 raise ConfigError("opentelemetry_collector_endpoint", str(error)) from None
         _check_int("max_connections", self.max_connections, minimum=1)
         _check_int("max_frame_size", self.max_frame_size, minimum=MIN_FRAME_SIZE)
-        _check_number("max_client_messages_per_second", self.max_client_messages_per_second, minimum=0)
+        # At least one: the rate is also the burst, and a burst below one frame would refuse every frame.
+        _check_number("max_client_messages_per_second", self.max_client_messages_per_second, minimum=1)
         _check_number("open_timeout_s", self.open_timeout_s, minimum=0, exclusive=True)
         _check_int("send_buffer_high_water", self.send_buffer_high_water, minimum=1)
-        if self.allowed_canisters is not None and not self.allowed_canisters:
-            raise ConfigError("allowed_canisters", "an empty allow-list would refuse every client; omit it")
+        if self.allowed_canisters is not None:
+            if not self.allowed_canisters:
+                raise ConfigError(
+                    "allowed_canisters", "an empty allow-list would refuse every client; omit it"
+                )
+            # One canonical form, so equal allow-lists make equal configs.
+            object.__setattr__(self, "allowed_canisters", tuple(sorted(set(self.allowed_canisters))))
         _check_number("drain_timeout_s", self.drain_timeout_s, minimum=0)
         _check_number("idle_timeout_s", self.idle_timeout_s, minimum=0)
         _check_int("workers", self.workers, minimum=1)
@@ -180,11 +190,6 @@ class GatewayConfig:
     def traces_dir(self) -> Path:
         """Where the JSON log file goes (the reference's `data/traces`)."""
         return self.data_dir / "traces"
-
-    @property
-    def client_message_burst(self) -> int:
-        """Token-bucket capacity for a client's frames: one second's worth, at least one frame."""
-        return max(1, math.ceil(self.max_client_messages_per_second))
 
     def allows_canister(self, canister_id: bytes) -> bool:
         return self.allowed_canisters is None or canister_id in self.allowed_canisters

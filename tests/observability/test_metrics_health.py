@@ -12,9 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from icgw.observability.health import HealthServer, start_health_server
 from icgw.observability.metrics import (
     LATENCY_BUCKETS_S,
+    MAX_EXTRA_LABEL_VALUES,
     CloseReason,
     GatewayMetrics,
     PollOutcome,
+    PrometheusObserver,
     RelayError,
     WsCloseOutcome,
 )
@@ -62,20 +64,24 @@ async def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str
 
 
 def record_some_traffic(metrics: GatewayMetrics) -> None:
-    metrics.connections_total.inc()
-    metrics.connections_open.inc()
-    metrics.messages_relayed.to_canister.inc()
-    metrics.bytes_relayed.to_canister.inc(512)
-    metrics.relay_latency.observe(0.0003)
-    metrics.relay_latency.observe(0.2)
-    metrics.polls[PollOutcome.MESSAGES].inc()
-    metrics.poll_latency.observe(0.004)
-    metrics.messages_relayed.to_client.inc(3)
+    """What the gateway reports through its observer interface during two short connections."""
+    observer = PrometheusObserver(metrics)
+    observer.connection_opened()
+    observer.connection_opened()
+    observer.active_pollers(1)
+    observer.relayed("ws_open", 512, 0.0003)
+    observer.relayed("ws_message", 100, 0.2)
+    observer.poll("empty", 0.002)
+    observer.poll("messages", 0.004)
+    for _ in range(3):
+        observer.delivered(1000)
+    observer.relay_failed("rejected")
+    observer.nonce_gap()
+    observer.certificate_failure()
+    observer.slow_client_close()
+    observer.connection_closed("slow_client")
+    observer.ws_close("ok")
     metrics.delivery_latency.observe(1.3)
-    metrics.connections_closed[CloseReason.SLOW_CLIENT].inc()
-    metrics.slow_client_closes.inc()
-    metrics.ws_close[WsCloseOutcome.OK].inc()
-    metrics.active_pollers.set(1)
 
 
 async def test_metrics_are_histograms_without_per_client_labels(
@@ -94,7 +100,6 @@ async def test_metrics_are_histograms_without_per_client_labels(
         "icgw_connections_closed": "counter",
         "icgw_slow_client_closes": "counter",
         "icgw_connection_open_latency_seconds": "histogram",
-        "icgw_connection_duration_seconds": "histogram",
         "icgw_messages_relayed": "counter",
         "icgw_bytes_relayed": "counter",
         "icgw_relay_latency_seconds": "histogram",
@@ -102,6 +107,7 @@ async def test_metrics_are_histograms_without_per_client_labels(
         "icgw_poll_latency_seconds": "histogram",
         "icgw_polls": "counter",
         "icgw_certificate_failures": "counter",
+        "icgw_nonce_gaps": "counter",
         "icgw_active_pollers": "gauge",
         "icgw_delivery_latency_seconds": "histogram",
         "icgw_ws_close": "counter",
@@ -123,8 +129,23 @@ async def test_metrics_are_histograms_without_per_client_labels(
     assert value[(relay, (("le", "0.25"),))] == 2
     assert value[("icgw_relay_latency_seconds_count", ())] == 2
     assert value[("icgw_messages_relayed_total", (("direction", "to_client"),))] == 3
-    assert value[("icgw_bytes_relayed_total", (("direction", "to_canister"),))] == 512
+    assert value[("icgw_messages_relayed_total", (("direction", "to_canister"),))] == 2
+    assert value[("icgw_bytes_relayed_total", (("direction", "to_canister"),))] == 612
+    assert value[("icgw_bytes_relayed_total", (("direction", "to_client"),))] == 3000
+    assert value[("icgw_connections_total", ())] == 2
+    assert value[("icgw_connections_open", ())] == 1
     assert value[("icgw_connections_closed_total", (("reason", "slow_client"),))] == 1
+    assert value[("icgw_connections_closed_total", (("reason", "client_close"),))] == 0
+    assert value[("icgw_slow_client_closes_total", ())] == 1
+    assert value[("icgw_relay_errors_total", (("reason", "rejected"),))] == 1
+    assert value[("icgw_polls_total", (("outcome", "messages"),))] == 1
+    assert value[("icgw_polls_total", (("outcome", "empty"),))] == 1
+    assert value[("icgw_poll_latency_seconds_count", ())] == 2
+    assert value[("icgw_nonce_gaps_total", ())] == 1
+    assert value[("icgw_certificate_failures_total", ())] == 1
+    assert value[("icgw_ws_close_total", (("outcome", "ok"),))] == 1
+    assert value[("icgw_delivery_latency_seconds_bucket", (("le", "2.5"),))] == 1
+    assert value[("icgw_delivery_latency_seconds_bucket", (("le", "1.0"),))] == 0
     assert value[("icgw_active_pollers", ())] == 1
     info = [sample for sample in samples if sample.name == "icgw_info"]
     assert [sample.labels["principal"] for sample in info] == [PRINCIPAL]
@@ -133,7 +154,7 @@ async def test_metrics_are_histograms_without_per_client_labels(
     for reason in CloseReason:
         assert ("icgw_connections_closed_total", (("reason", reason.value),)) in value
     for error in RelayError:
-        assert value[("icgw_relay_errors_total", (("reason", error.value),))] == 0
+        assert ("icgw_relay_errors_total", (("reason", error.value),)) in value
     for outcome in PollOutcome:
         assert ("icgw_polls_total", (("outcome", outcome.value),)) in value
     for ws_close in WsCloseOutcome:
@@ -183,3 +204,24 @@ def test_two_gateways_in_one_process_have_separate_registries() -> None:
     first.connections_total.inc()
     assert first.registry.get_sample_value("icgw_connections_total") == 1.0
     assert second.registry.get_sample_value("icgw_connections_total") == 0.0
+
+
+def test_unexpected_label_values_are_bounded(metrics: GatewayMetrics) -> None:
+    observer = PrometheusObserver(metrics)
+    observer.relay_failed("HTTPStatusError")  # e.g. an exception class name
+    observer.relay_failed("HTTPStatusError")
+    for index in range(MAX_EXTRA_LABEL_VALUES + 5):
+        observer.relay_failed(f"Error{index}")
+    registry = metrics.registry
+    assert registry.get_sample_value("icgw_relay_errors_total", {"reason": "HTTPStatusError"}) == 2
+    assert registry.get_sample_value("icgw_relay_errors_total", {"reason": "Error0"}) == 1
+    last_bound = f"Error{MAX_EXTRA_LABEL_VALUES - 2}"  # HTTPStatusError took the first extra slot
+    assert registry.get_sample_value("icgw_relay_errors_total", {"reason": last_bound}) == 1
+    assert (
+        registry.get_sample_value("icgw_relay_errors_total", {"reason": f"Error{MAX_EXTRA_LABEL_VALUES}"})
+        is None
+    )
+    assert registry.get_sample_value("icgw_relay_errors_total", {"reason": "other"}) == 6
+    # Known values never spill into "other", however many extra ones came first.
+    observer.relay_failed("timeout")
+    assert registry.get_sample_value("icgw_relay_errors_total", {"reason": "timeout"}) == 1

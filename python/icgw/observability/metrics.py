@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics import disable_created_metrics
 
 import icgw
+from icgw.gateway.observer import GatewayObserver
 
 # The `_created` series double the number of series per counter and histogram and no dashboard reads them.
 # The switch is process-wide; icgw's registry is the only thing this process exports.
@@ -30,8 +30,10 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     1.0, 2.5, 5.0,
     10.0, 30.0,
 )  # fmt: skip
-# Connection lifetimes: from a failed open to a day-long session.
-DURATION_BUCKETS_S: tuple[float, ...] = (0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+# Label values a labelled counter takes beyond its known ones (from a caller passing, say, an exception
+# class name) before further new values are counted as "other": a bound on the number of series.
+MAX_EXTRA_LABEL_VALUES = 16
+OTHER_LABEL = "other"
 
 
 class CloseReason(StrEnum):
@@ -44,6 +46,7 @@ class CloseReason(StrEnum):
     RATE_LIMITED = "rate_limited"  # more frames per second than allowed
     IDLE_TIMEOUT = "idle_timeout"  # no pong to the keep-alive ping
     CANISTER_CLOSE = "canister_close"  # the canister ended the connection
+    CANISTER_REFUSED = "canister_refused"  # the IC refused the client's ws_open
     SHUTDOWN = "shutdown"  # the gateway is stopping
     POLLER_FAILED = "poller_failed"  # the canister's poller gave up
     SERVER_ERROR = "server_error"  # a bug or an unexpected failure in the gateway
@@ -70,12 +73,38 @@ class WsCloseOutcome(StrEnum):
     FAILED = "failed"  # the call itself failed
 
 
-_Label = TypeVar("_Label", bound=StrEnum)
+class LabelledCounter:
+    """The children of a counter with one label, looked up by label value.
 
+    The known values are bound at start, so each series exists from the first scrape (at 0) and the hot path
+    is a dict lookup and `.inc()`. Unexpected values are bound on first use, up to
+    `MAX_EXTRA_LABEL_VALUES`; more are counted under `other` rather than growing the series without bound.
+    """
 
-def _bind(metric: Counter, labels: type[_Label]) -> dict[_Label, Counter]:
-    # Create every child at start so each series is exported from the first scrape, at 0.
-    return {value: metric.labels(value.value) for value in labels}
+    __slots__ = ("_children", "_extra", "_metric")
+
+    def __init__(self, metric: Counter, known: type[StrEnum]) -> None:
+        self._metric = metric
+        # StrEnum members hash and compare like their values, so plain strings find them too.
+        self._children: dict[str, Counter] = {value: metric.labels(value.value) for value in known}
+        self._extra = 0
+
+    def __getitem__(self, label: str) -> Counter:
+        child = self._children.get(label)
+        if child is None:
+            child = self._bind(label)
+        return child
+
+    def _bind(self, label: str) -> Counter:
+        if self._extra >= MAX_EXTRA_LABEL_VALUES:
+            label = OTHER_LABEL
+            child = self._children.get(label)
+            if child is not None:
+                return child
+        else:
+            self._extra += 1
+        child = self._children[label] = self._metric.labels(label)
+        return child
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +131,7 @@ class GatewayMetrics:
             "icgw_connections_open", "Client WebSocket connections open now.", registry=r
         )
         self.connections_total = Counter("icgw_connections", "Client connections accepted.", registry=r)
-        self.connections_closed = _bind(
+        self.connections_closed = LabelledCounter(
             Counter(
                 "icgw_connections_closed", "Client connections closed, by reason.", ["reason"], registry=r
             ),
@@ -118,12 +147,6 @@ class GatewayMetrics:
             "From TCP accept to the first canister message sent to the client (the reference's "
             "connection_opening_time).",
             buckets=LATENCY_BUCKETS_S,
-            registry=r,
-        )
-        self.connection_duration = Histogram(
-            "icgw_connection_duration_seconds",
-            "Lifetime of client connections, from accept to close.",
-            buckets=DURATION_BUCKETS_S,
             registry=r,
         )
 
@@ -147,7 +170,7 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.relay_errors = _bind(
+        self.relay_errors = LabelledCounter(
             Counter(
                 "icgw_relay_errors",
                 "Client envelopes the IC did not accept, by reason.",
@@ -164,12 +187,17 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.polls = _bind(
+        self.polls = LabelledCounter(
             Counter("icgw_polls", "ws_get_messages polls, by outcome.", ["outcome"], registry=r), PollOutcome
         )
         self.certificate_failures = Counter(
             "icgw_certificate_failures",
             "Message batches whose certificate or witness did not verify.",
+            registry=r,
+        )
+        self.nonce_gaps = Counter(
+            "icgw_nonce_gaps",
+            "Polls whose first message nonce was not the one expected (the canister dropped messages).",
             registry=r,
         )
         self.active_pollers = Gauge("icgw_active_pollers", "Canisters being polled now.", registry=r)
@@ -179,7 +207,7 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.ws_close = _bind(
+        self.ws_close = LabelledCounter(
             Counter(
                 "icgw_ws_close",
                 "ws_close calls made for departed clients, by outcome.",
@@ -192,3 +220,50 @@ class GatewayMetrics:
         # --- identity ------------------------------------------------------------------------------
         self.info = Info("icgw", "The gateway's version and principal.", registry=r)
         self.info.info({"version": icgw.__version__, "principal": principal})
+
+
+class PrometheusObserver(GatewayObserver):
+    """The gateway's observer interface recorded in `GatewayMetrics`: each call updates bound children."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    def connection_opened(self) -> None:
+        self._metrics.connections_total.inc()
+        self._metrics.connections_open.inc()
+
+    def connection_closed(self, reason: str) -> None:
+        self._metrics.connections_open.dec()
+        self._metrics.connections_closed[reason].inc()
+
+    def delivered(self, nbytes: int) -> None:
+        self._metrics.messages_relayed.to_client.inc()
+        self._metrics.bytes_relayed.to_client.inc(nbytes)
+
+    def relayed(self, method: str, nbytes: int, seconds: float) -> None:
+        # No method label: method names are chosen by each canister, so they are not a bounded set.
+        self._metrics.messages_relayed.to_canister.inc()
+        self._metrics.bytes_relayed.to_canister.inc(nbytes)
+        self._metrics.relay_latency.observe(seconds)
+
+    def relay_failed(self, reason: str) -> None:
+        self._metrics.relay_errors[reason].inc()
+
+    def slow_client_close(self) -> None:
+        self._metrics.slow_client_closes.inc()
+
+    def poll(self, outcome: str, seconds: float) -> None:
+        self._metrics.polls[outcome].inc()
+        self._metrics.poll_latency.observe(seconds)
+
+    def certificate_failure(self) -> None:
+        self._metrics.certificate_failures.inc()
+
+    def nonce_gap(self) -> None:
+        self._metrics.nonce_gaps.inc()
+
+    def active_pollers(self, count: int) -> None:
+        self._metrics.active_pollers.set(count)
+
+    def ws_close(self, outcome: str) -> None:
+        self._metrics.ws_close[outcome].inc()
