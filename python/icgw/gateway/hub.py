@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from picows import WSCloseCode
 
-from icgw.core import candid_encode_values, encode_handshake, principal_to_text
+from icgw.core import MessagesBatch, candid_encode_values, encode_handshake, principal_to_text
 from icgw.gateway.observer import GatewayObserver
 from icgw.gateway.poller import CanisterPoller
 from icgw.gateway.relay import OrderedRelay
@@ -64,7 +64,7 @@ class IcBackend(Protocol):
         """`ws_close` as the gateway; returns the Candid reply."""
         ...
 
-    def verify_batch(self, canister_id: bytes, batch: object) -> None:
+    def verify_batch(self, canister_id: bytes, batch: MessagesBatch) -> None:
         """Raise CertificateError unless the batch is certified by the IC for this canister."""
         ...
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from picows import WSCloseCode
 
-from icgw.core import CertificateError, MessagesError, decode_messages_reply, principal_to_text
+from icgw.core import CertificateError, MessagesBatch, MessagesError, decode_messages_reply, principal_to_text
 from icgw.gateway.observer import GatewayObserver
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class MessagesQuery(Protocol):
 
 
 class BatchVerifier(Protocol):
-    def __call__(self, batch: object) -> None:
+    def __call__(self, batch: MessagesBatch) -> None:
         """Raise CertificateError unless the batch's certificate and witness prove every message."""
         ...
 
@@ -177,9 +177,12 @@ class CanisterPoller:
             self._metrics.poll("error", time.perf_counter() - started)
             return self._backoff(f"a batch failed verification and was not relayed: {error}")
         self._failures = 0
-        self._check_continuity(batch.first_nonce)
+        first, last = batch.first_nonce, batch.last_nonce
+        if first is None or last is None:  # unreachable: the batch is not empty
+            return self._interval
+        self._check_continuity(first)
         self._fan_out(batch)
-        self._next_nonce = batch.last_nonce + 1
+        self._next_nonce = last + 1
         self._metrics.poll("messages", time.perf_counter() - started)
         # More may be queued already (not drained, or a burst in progress): ask again at once.
         return 0.0
@@ -196,9 +199,9 @@ class CanisterPoller:
             )
             self._metrics.nonce_gap()
 
-    def _fan_out(self, batch: object) -> None:
+    def _fan_out(self, batch: MessagesBatch) -> None:
         clients = self.clients
-        for principal, nonce, frame in batch.routed_frames():  # type: ignore[attr-defined]
+        for principal, nonce, frame in batch.routed_frames():
             client = clients.get((principal, nonce))
             if client is not None:
                 client.deliver(frame)
