@@ -8,6 +8,7 @@ pollers never talk to the IC directly: they go through the `IcBackend`, which te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -84,6 +85,8 @@ class Hub:
         self._ws_close_slots = asyncio.Semaphore(MAX_CONCURRENT_WS_CLOSE)
         self._background: set[asyncio.Task[None]] = set()
         self.accepting = True
+        self._no_sessions = asyncio.Event()
+        self._no_sessions.set()
 
     # --- connections -------------------------------------------------------------------------------
 
@@ -91,6 +94,7 @@ class Hub:
         if not self.accepting or len(self.sessions) >= self.config.max_connections:
             return False
         self.sessions.add(session)
+        self._no_sessions.clear()
         self.metrics.connection_opened()
         return True
 
@@ -149,6 +153,8 @@ class Hub:
         if session in self.sessions:
             self.sessions.discard(session)
             self.metrics.connection_closed(reason)
+            if not self.sessions:
+                self._no_sessions.set()
         key = session.client_key
         if key is None:
             return
@@ -194,6 +200,10 @@ class Hub:
     def close_sessions(self, sessions: Iterable[ClientSession], code: WSCloseCode, reason: str) -> None:
         for session in list(sessions):
             session.close_from_gateway(code, reason)
+
+    async def wait_sessions_closed(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_sessions.wait(), timeout_s)
 
     async def drain(self, timeout_s: float) -> None:
         """Wait for ws_close calls and pollers to finish, at most `timeout_s`."""
