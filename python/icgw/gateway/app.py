@@ -159,7 +159,7 @@ class GatewayRuntime:
             log.info("SIGHUP: TLS certificate reloaded")
 
     async def stop(self) -> None:
-        """Stop accepting, close clients with 1001, finish the ws_close calls; all within the drain timeout."""
+        """Stop accepting, close clients with 1001, finish the ws_close calls, within the drain timeout."""
         deadline = time.monotonic() + self.config.drain_timeout_s
         if self._server is not None:
             self._server.close()
