@@ -1,0 +1,173 @@
+"""Verification of relayed canister messages, as the SDK's `isMessageBodyValid` does it (PROTOCOL.md §6.3).
+
+A message is genuine when (1) its certificate is signed by the IC for this canister and fresh, (2) the
+witness `tree` hashes to the canister's certified data in that certificate, and (3) the tree maps
+`websocket/<key>` to the SHA-256 of the message's content. The gateway relays one `ws_get_messages`
+batch as many frames that all carry the same `cert` and `tree`, so the expensive part (the BLS check
+of the certificate, the hash of the tree) is done once per distinct `cert`/`tree` and kept in small LRU
+caches; per message only the witness lookup (in the core) and one SHA-256 remain. A verifier can be
+shared by many clients of one canister: a load generator's thousands of connections then check each
+batch certificate once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from icgw.core import (
+    CborError,
+    CertificateError,
+    CoreError,
+    cbor_decode,
+    cbor_encode,
+    hash_tree_root,
+    lookup_path,
+    verify_certificate,
+)
+
+from .errors import VerificationError
+
+NS_PER_MINUTE = 60_000_000_000
+# The SDK's `maxCertificateAgeInMinutes` default, and agent-js' fixed tolerance for a certificate time
+# ahead of the client's clock.
+DEFAULT_MAX_CERTIFICATE_AGE_NS = 5 * NS_PER_MINUTE
+MAX_CERTIFICATE_FUTURE_NS = 5 * NS_PER_MINUTE
+
+_WEBSOCKET_LABEL = b"websocket"
+_FAILED = "Certificate validation failed"
+_TIME_PATH = [b"time"]
+
+
+class MessageVerifier:
+    """Checks that messages were certified by the IC for one canister, under one root key.
+
+    `max_certificate_age_ns=None` switches the freshness check off (for recorded test vectors); `clock`
+    gives the client's time in ns since 1970. `cache_size` bounds each of the two caches (certificates,
+    trees); the gateway sends a batch's frames back to back, so a few entries are enough.
+    """
+
+    def __init__(
+        self,
+        root_key_der: bytes,
+        canister_id: bytes,
+        *,
+        max_certificate_age_ns: int | None = DEFAULT_MAX_CERTIFICATE_AGE_NS,
+        clock: Callable[[], int] = time.time_ns,
+        cache_size: int = 16,
+    ) -> None:
+        if cache_size < 1:
+            raise ValueError("cache_size must be at least 1")
+        self.root_key_der = root_key_der
+        self.canister_id = canister_id
+        self.max_certificate_age_ns = max_certificate_age_ns
+        self._clock = clock
+        self._cache_size = cache_size
+        self._certificates: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()
+        self._tree_roots: OrderedDict[bytes, bytes] = OrderedDict()
+        self._certified_data_path = [b"canister", canister_id, b"certified_data"]
+        # Counters for tests and benchmarks: full certificate checks, and messages checked in all.
+        self.certificate_checks = 0
+        self.messages_checked = 0
+
+    def verify(self, key: str, content: bytes, cert: bytes, tree: bytes) -> None:
+        """Raise VerificationError unless the IC certified `content` under `key` for the canister."""
+        self.messages_checked += 1
+        certified_data = self._certified_data(cert)
+        if self._tree_root(tree) != certified_data:
+            raise VerificationError(f"{_FAILED}: the witness does not match the certified data")
+        expected = _websocket_leaf(tree, key)
+        if expected is None:
+            raise VerificationError(f"{_FAILED}: the witness does not cover key {key!r}")
+        if hashlib.sha256(content).digest() != expected:
+            raise VerificationError(f"{_FAILED}: the content of {key!r} is not the certified one")
+
+    def _certified_data(self, cert: bytes) -> bytes:
+        """The canister's certified data in `cert`, verifying the certificate on first sight and its
+        freshness every time (a cached certificate grows old too)."""
+        now_ns = self._clock() if self.max_certificate_age_ns is not None else None
+        cached = self._certificates.get(cert)
+        if cached is not None:
+            self._certificates.move_to_end(cert)
+            certified_data, time_ns = cached
+            if now_ns is not None:
+                self._check_fresh(time_ns, now_ns)
+            return certified_data
+        try:
+            verify_certificate(
+                cert,
+                self.root_key_der,
+                canister_id=self.canister_id,
+                now_ns=now_ns,
+                max_age_ns=self.max_certificate_age_ns,
+            )
+        except CertificateError as error:
+            raise VerificationError(f"{_FAILED}: {error}") from error
+        self.certificate_checks += 1
+        state_tree = _state_tree(cert)
+        found = _found(state_tree, self._certified_data_path)
+        if found is None:
+            raise VerificationError("Could not find certified data for this canister in the certificate.")
+        time_leaf = _found(state_tree, _TIME_PATH)
+        if time_leaf is None:
+            raise VerificationError(f"{_FAILED}: the certificate has no /time")
+        self._certificates[cert] = (found, _leb128(time_leaf))
+        if len(self._certificates) > self._cache_size:
+            self._certificates.popitem(last=False)
+        return found
+
+    def _check_fresh(self, time_ns: int, now_ns: int) -> None:
+        assert self.max_certificate_age_ns is not None
+        if time_ns < now_ns - self.max_certificate_age_ns:
+            raise VerificationError(f"{_FAILED}: the certificate is too old")
+        if time_ns > now_ns + MAX_CERTIFICATE_FUTURE_NS:
+            raise VerificationError(f"{_FAILED}: the certificate time is in the future")
+
+    def _tree_root(self, tree: bytes) -> bytes:
+        root = self._tree_roots.get(tree)
+        if root is None:
+            try:
+                root = hash_tree_root(tree)
+            except CoreError as error:
+                raise VerificationError(f"{_FAILED}: bad witness tree: {error}") from error
+            self._tree_roots[tree] = root
+            if len(self._tree_roots) > self._cache_size:
+                self._tree_roots.popitem(last=False)
+        return root
+
+
+def _websocket_leaf(tree: bytes, key: str) -> bytes | None:
+    """The hash the witness holds for `websocket/<key>`; like the SDK, a `websocket` label that is
+    itself a leaf stands for every key."""
+    try:
+        status, value = lookup_path(tree, [_WEBSOCKET_LABEL, key.encode()])
+        if status != "found":
+            status, value = lookup_path(tree, [_WEBSOCKET_LABEL])
+    except CoreError as error:
+        raise VerificationError(f"{_FAILED}: bad witness tree: {error}") from error
+    return value if status == "found" else None
+
+
+def _state_tree(cert: bytes) -> bytes:
+    try:
+        decoded = cbor_decode(cert)
+    except CborError as error:  # verify_certificate decoded it already; kept for a clear error
+        raise VerificationError(f"{_FAILED}: {error}") from error
+    assert isinstance(decoded, dict)
+    return cbor_encode(decoded["tree"])
+
+
+def _found(tree: bytes, path: list[bytes]) -> bytes | None:
+    status, value = lookup_path(tree, path)
+    return value if status == "found" else None
+
+
+def _leb128(data: bytes) -> int:
+    value = 0
+    for shift, byte in enumerate(data):
+        value |= (byte & 0x7F) << (7 * shift)
+        if not byte & 0x80:
+            return value
+    raise VerificationError(f"{_FAILED}: /time is not LEB128")
