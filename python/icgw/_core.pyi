@@ -1,5 +1,6 @@
 # Stubs for the compiled core, checked against the built module by `stubtest` in CI.
-from typing import Final, final
+from collections.abc import Sequence
+from typing import Final, Literal, final
 
 # --- errors ---------------------------------------------------------------------------------------
 
@@ -28,13 +29,75 @@ def principal_to_text(b: bytes) -> str: ...
 def principal_from_text(s: str) -> bytes: ...
 def self_authenticating_principal(der_public_key: bytes) -> bytes: ...
 
-# --- section: authentication (request ids, identities, envelopes) -------------------------------
+# Hash trees. A tree for the builders is nested tuples (lists are accepted too):
+# ("empty",) | ("fork", left, right) | ("labeled", label: bytes, subtree) | ("leaf", value: bytes)
+# | ("pruned", hash: 32 bytes). Malformed trees raise HashTreeError, malformed CBOR CborError.
 
-# --- section: certification (hash trees, BLS, certificates) --------------------------------------
+def hash_tree_root(tree_cbor: bytes) -> bytes:
+    """The 32-byte root hash (`reconstruct`) of a CBOR hash tree (tag 55799 optional)."""
 
-# --- section: candid and fan-out -------------------------------------------------------------------
+def lookup_path(
+    tree_cbor: bytes, path: Sequence[bytes]
+) -> tuple[Literal["found", "absent", "unknown", "error"], bytes | None]:
+    """The spec's lookup_path: ("found", value), ("absent", None), ("unknown", None) or ("error", None).
 
-# --- section: gateway frames -----------------------------------------------------------------------
+    Labels compare as byte strings; Empty nodes inside forks are dropped. A path that is a single
+    bytes/str, or holds non-bytes labels, raises TypeError.
+    """
+
+def hash_tree_encode(tree: object, *, self_describe: bool = True) -> bytes:
+    """CBOR of a tree given as nested tuples, prefixed by tag 55799 unless self_describe=False
+    (a tree embedded in a certificate map carries no tag of its own). At most 128 levels deep."""
+
+def hash_tree_digest(tree: object) -> bytes:
+    """The root hash of a tree given as nested tuples (== hash_tree_root(hash_tree_encode(tree)))."""
+
+# BLS12-381 min-sig (signature: 48-byte G1, public key: 96-byte G2), DST
+# BLS_SIG_BLS12381G1_XMD:SHA-256_SSWU_RO_NUL_. Secret keys are 32-byte big-endian scalars.
+
+def bls_verify(public_key_96: bytes, signature_48: bytes, message: bytes) -> bool:
+    """True iff the signature verifies. False for non-points, points outside the subgroup, the
+    identity key and wrong signatures. Wrong lengths raise SignatureError (e.g. a DER key passed
+    where the raw 96-byte key is expected)."""
+
+def bls_sign(secret_key_32: bytes, message: bytes) -> bytes:
+    """The 48-byte signature. SignatureError for a wrong length or a scalar of 0 or >= r."""
+
+def bls_public_key(secret_key_32: bytes) -> bytes:
+    """The 96-byte public key of a secret key."""
+
+def bls_der_public_key(public_key_96: bytes) -> bytes:
+    """The 133-byte DER form (37-byte prefix + key). Checks the length only, not the point."""
+
+def bls_public_key_from_der(der: bytes) -> bytes:
+    """The 96-byte key inside a 133-byte DER key; SignatureError for a wrong length or prefix.
+    Checks the format only; bls_verify checks the point."""
+
+# Certificates.
+
+def verify_certificate(
+    cert: bytes,
+    root_key_der: bytes,
+    *,
+    canister_id: bytes | None = None,
+    subnet_id: bytes | None = None,
+    now_ns: int | None = None,
+    max_age_ns: int | None = None,
+) -> None:
+    """Verify a certificate (CBOR) against a 133-byte DER root key; raise CertificateError with the
+    reason. With canister_id, a delegation's canister ranges must contain it (sharded layout first,
+    then legacy); with subnet_id, the delegation must be for that subnet; give at most one. A
+    certificate without delegation is signed by the root key and valid for any scope. With now_ns,
+    /time must exist and lie in [now - max_age_ns (default 5 min), now + 5 min], and a delegation's
+    /time must be at most 30 days old. Releases the GIL."""
+
+def certificate_cache_stats() -> dict[str, int]:
+    """Counters of the verified-delegation cache: "hits", "misses" (lookups by verify_certificate on
+    certificates with a delegation), "entries", "capacity", and "signature_checks" (BLS pairing checks
+    done by verify_certificate, outer and delegation). Process-wide; for tests and metrics."""
+
+def certificate_cache_clear() -> None:
+    """Empty the delegation cache and reset its counters."""
 
 @final
 class ClientFrame:

@@ -2,15 +2,12 @@
 
 Everything here is a pure function over bytes (or a small immutable object); errors are `ValueError`
 subclasses whose message says what is wrong. The signatures are a contract used by the gateway, the
-replica emulator, the tests, the tools and the benchmarks.
+replica emulator, the tests, the tools and the benchmarks. Generated from `_core.pyi` by
+`scripts/gen_core_facade.py`; the documentation of each name is in the stubs.
 """
 
 from __future__ import annotations
 
-# --- section: authentication (request ids, identities, envelopes) -------------------------------
-# --- section: certification (hash trees, BLS, certificates) --------------------------------------
-# --- section: candid and fan-out -------------------------------------------------------------------
-# --- section: gateway frames -----------------------------------------------------------------------
 from icgw._core import (
     ANONYMOUS,
     CandidError,
@@ -25,13 +22,25 @@ from icgw._core import (
     PrincipalError,
     RequestIdError,
     SignatureError,
+    bls_der_public_key,
+    bls_public_key,
+    bls_public_key_from_der,
+    bls_sign,
+    bls_verify,
     cbor_decode,
     cbor_encode,
+    certificate_cache_clear,
+    certificate_cache_stats,
     decode_client_frame,
     encode_handshake,
+    hash_tree_digest,
+    hash_tree_encode,
+    hash_tree_root,
+    lookup_path,
     principal_from_text,
     principal_to_text,
     self_authenticating_principal,
+    verify_certificate,
 )
 
 __all__ = [
@@ -39,10 +48,6 @@ __all__ = [
     "CandidError",
     "CborError",
     "CertificateError",
-    # authentication names:
-    # certification names:
-    # candid and fan-out names:
-    # frame names:
     "ClientFrame",
     "CoreError",
     "EnvelopeError",
@@ -52,11 +57,23 @@ __all__ = [
     "PrincipalError",
     "RequestIdError",
     "SignatureError",
+    "bls_der_public_key",
+    "bls_public_key",
+    "bls_public_key_from_der",
+    "bls_sign",
+    "bls_verify",
     "cbor_decode",
     "cbor_encode",
+    "certificate_cache_clear",
+    "certificate_cache_stats",
     "decode_client_frame",
     "encode_handshake",
+    "hash_tree_digest",
+    "hash_tree_encode",
+    "hash_tree_root",
+    "lookup_path",
     "principal_from_text",
     "principal_to_text",
     "self_authenticating_principal",
+    "verify_certificate",
 ]

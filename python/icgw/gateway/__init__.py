@@ -1,0 +1,1 @@
+"""The gateway: WebSocket sessions, the ordered relay to the IC, canister pollers and fan-out."""
