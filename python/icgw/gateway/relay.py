@@ -31,7 +31,16 @@ class CallSubmitter(Protocol):
 class OrderedRelay:
     """A FIFO of one client's envelopes for one canister, submitted strictly one after another."""
 
-    __slots__ = ("_canister_id", "_closed", "_max_pending", "_on_done", "_on_error", "_pending", "_submit", "_task")
+    __slots__ = (
+        "_canister_id",
+        "_closed",
+        "_max_pending",
+        "_on_done",
+        "_on_error",
+        "_pending",
+        "_submit",
+        "_task",
+    )
 
     def __init__(
         self,

@@ -42,7 +42,7 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
-class ClientSession(WSListener):  # type: ignore[misc]
+class ClientSession(WSListener):
     """A picows listener: every callback runs on the event loop and never blocks."""
 
     def __init__(self, hub: Hub, peer: str) -> None:
@@ -53,7 +53,9 @@ class ClientSession(WSListener):  # type: ignore[misc]
         self.client_key: ClientKey | None = None
         self.transport: WSTransport | None = None
         self.relay: OrderedRelay | None = None
-        self._limiter = TokenBucket(hub.config.max_client_messages_per_second, hub.config.max_client_messages_per_second)
+        self._limiter = TokenBucket(
+            hub.config.max_client_messages_per_second, hub.config.max_client_messages_per_second
+        )
         self._open_timer: asyncio.TimerHandle | None = None
         self._close_reason = "client_close"
 
@@ -61,11 +63,15 @@ class ClientSession(WSListener):  # type: ignore[misc]
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        peer = transport.underlying_transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if not self.hub.admit(self):
             self.close_from_gateway(WSCloseCode.TRY_AGAIN_LATER, "the gateway is at its connection limit")
             return
         transport.send(WSMsgType.BINARY, self.hub.handshake)
-        self._open_timer = asyncio.get_running_loop().call_later(self.hub.config.open_timeout_s, self._open_timed_out)
+        self._open_timer = asyncio.get_running_loop().call_later(
+            self.hub.config.open_timeout_s, self._open_timed_out
+        )
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
@@ -92,7 +98,9 @@ class ClientSession(WSListener):  # type: ignore[misc]
         self.state = SessionState.CLOSED
         if self.relay is not None:
             self.relay.close()
-        self.hub.release(self, self._close_reason, registered=previous in (SessionState.OPENING, SessionState.OPEN))
+        self.hub.release(
+            self, self._close_reason, registered=previous in (SessionState.OPENING, SessionState.OPEN)
+        )
 
     # --- frames from the client ------------------------------------------------------------------
 
@@ -112,11 +120,15 @@ class ClientSession(WSListener):  # type: ignore[misc]
             self._reject(WSCloseCode.POLICY_VIOLATION, "only call envelopes can be relayed")
             return
         if self.state is SessionState.AWAITING_OPEN:
-            self._on_open_request(frame.canister_id, frame.sender, frame.method_name, frame.arg, frame.envelope)
+            self._on_open_request(
+                frame.canister_id, frame.sender, frame.method_name, frame.arg, frame.envelope
+            )
         else:
             self._on_message_request(frame.canister_id, frame.sender, frame.method_name, frame.envelope)
 
-    def _on_open_request(self, canister_id: bytes, sender: bytes, method: str, arg: bytes, envelope: bytes) -> None:
+    def _on_open_request(
+        self, canister_id: bytes, sender: bytes, method: str, arg: bytes, envelope: bytes
+    ) -> None:
         if method != "ws_open":
             self._reject(WSCloseCode.POLICY_VIOLATION, f"the first call must be ws_open, not {method!r}")
             return
@@ -128,13 +140,15 @@ class ClientSession(WSListener):  # type: ignore[misc]
         assert isinstance(args, dict)
         gateway_principal = args["gateway_principal"]
         if gateway_principal != self.hub.principal:
+            named = principal_to_text(gateway_principal)
             self._reject(
-                WSCloseCode.POLICY_VIOLATION,
-                f"ws_open names gateway {principal_to_text(gateway_principal)}, this is {self.hub.principal_text}",
+                WSCloseCode.POLICY_VIOLATION, f"ws_open names gateway {named}, not {self.hub.principal_text}"
             )
             return
         if not self.hub.canister_allowed(canister_id):
-            self._reject(WSCloseCode.POLICY_VIOLATION, f"canister {principal_to_text(canister_id)} is not served here")
+            self._reject(
+                WSCloseCode.POLICY_VIOLATION, f"canister {principal_to_text(canister_id)} is not served here"
+            )
             return
         client_key: ClientKey = (sender, int(args["client_nonce"]))
         if not self.hub.register(self, canister_id, client_key):
@@ -178,7 +192,9 @@ class ClientSession(WSListener):  # type: ignore[misc]
         if transport.underlying_transport.get_write_buffer_size() > self.hub.config.send_buffer_high_water:
             self._close_reason = "slow_client"
             self.hub.metrics.slow_client_close()
-            self.close_from_gateway(WSCloseCode.TRY_AGAIN_LATER, "the client does not read its messages fast enough")
+            self.close_from_gateway(
+                WSCloseCode.TRY_AGAIN_LATER, "the client does not read its messages fast enough"
+            )
             return
         transport.send(WSMsgType.BINARY, frame)
         self.state = SessionState.OPEN
@@ -186,7 +202,7 @@ class ClientSession(WSListener):  # type: ignore[misc]
 
     # --- closing -------------------------------------------------------------------------------------
 
-    def close_from_gateway(self, code: int, reason: str) -> None:
+    def close_from_gateway(self, code: WSCloseCode, reason: str) -> None:
         """Close with a code and reason; the rest of the cleanup happens in on_ws_disconnected."""
         transport = self.transport
         if transport is None or transport.is_close_frame_sent:
@@ -208,7 +224,7 @@ class ClientSession(WSListener):  # type: ignore[misc]
             self._close_reason = "open_timeout"
             self.close_from_gateway(WSCloseCode.POLICY_VIOLATION, "no ws_open call arrived in time")
 
-    def _reject(self, code: int, reason: str) -> None:
+    def _reject(self, code: WSCloseCode, reason: str) -> None:
         log.info("closing client %s: %s", self.peer, reason)
         self._close_reason = "protocol_error"
         self.close_from_gateway(code, reason)
