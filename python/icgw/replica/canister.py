@@ -83,11 +83,15 @@ WS_METHODS: dict[str, MethodSpec] = {
 
 
 def canister_id_for_index(index: int) -> bytes:
-    """The id of the index-th canister (0-based) created on a local replica: the 8-byte big-endian
-    index followed by 0x01 0x01 (index 0 is rrkah-fqaaa-aaaaa-aaaaq-cai)."""
-    if not 0 <= index < 1 << 64:
+    """The id of the index-th canister (0-based) the emulator creates.
+
+    Canister ids are an 8-byte big-endian counter followed by 0x01 0x01. Like a local dfx replica,
+    the first canister gets counter 1 (rrkah-fqaaa-aaaaa-aaaaq-cai), the second counter 2
+    (ryjl3-tyaaa-aaaaa-aaaba-cai), and so on; counter 0 (rwlgt-iiaaa-aaaaa-aaaaa-cai) is not used.
+    """
+    if not 0 <= index < (1 << 64) - 1:
         raise ValueError(f"canister index out of range: {index}")
-    return index.to_bytes(8, "big") + b"\x01\x01"
+    return (index + 1).to_bytes(8, "big") + b"\x01\x01"
 
 
 def render_candid_interface(app: WsApp) -> str:
