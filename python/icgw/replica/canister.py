@@ -5,6 +5,11 @@ in the CDK (or one of the app's exported methods) as the given caller, and encod
 behaves like the wasm canister would towards the replica: undecodable arguments and traps reject the
 call with IC0503, unknown methods with IC0536, and `ws_get_messages` run as an update traps as soon
 as it needs the data certificate.
+
+Two things a wasm canister does that this one does not: a trap does not roll back the state changes
+made earlier in the same call (the Rust CDK's would be undone; Motoko keeps what it wrote before an
+await, as here), and state changed by a query method is kept. The CDK's own methods never rely on
+either: its errors are `Err` replies that keep their changes on the IC too, and its query is read-only.
 """
 
 from __future__ import annotations
