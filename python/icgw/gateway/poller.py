@@ -18,7 +18,7 @@ from typing import Protocol
 
 from picows import WSCloseCode
 
-from icgw.core import CertificateError, MessagesBatch, MessagesError, decode_messages_reply, principal_to_text
+from icgw.core import CertificateError, CoreError, MessagesBatch, decode_messages_reply, principal_to_text
 from icgw.gateway.observer import GatewayObserver
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class CanisterPoller:
             return 0.0
         try:
             batch = decode_messages_reply(reply)
-        except MessagesError as error:
+        except CoreError as error:  # MessagesError, CandidError: not a usable reply
             self._metrics.poll("error", time.perf_counter() - started)
             return self._backoff(f"unusable ws_get_messages reply: {error}")
         if len(batch) == 0:

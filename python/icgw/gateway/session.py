@@ -58,6 +58,7 @@ class ClientSession(WSListener):
         )
         self._open_timer: asyncio.TimerHandle | None = None
         self._close_reason = "client_close"
+        self._closing = False
 
     # --- picows callbacks --------------------------------------------------------------------------
 
@@ -105,7 +106,7 @@ class ClientSession(WSListener):
     # --- frames from the client ------------------------------------------------------------------
 
     def _on_binary(self, data: bytes) -> None:
-        if self.state is SessionState.CLOSED:
+        if self._closing or self.state is SessionState.CLOSED:
             return
         if not self._limiter.take():
             self._close_reason = "rate_limited"
@@ -187,7 +188,7 @@ class ClientSession(WSListener):
     def deliver(self, frame: bytes) -> None:
         """Send one certified canister message; a client that cannot keep up is closed, never waited for."""
         transport = self.transport
-        if transport is None or self.state is SessionState.CLOSED:
+        if transport is None or self._closing or self.state is SessionState.CLOSED:
             return
         if transport.underlying_transport.get_write_buffer_size() > self.hub.config.send_buffer_high_water:
             self._close_reason = "slow_client"
@@ -205,8 +206,9 @@ class ClientSession(WSListener):
     def close_from_gateway(self, code: WSCloseCode, reason: str) -> None:
         """Close with a code and reason; the rest of the cleanup happens in on_ws_disconnected."""
         transport = self.transport
-        if transport is None or transport.is_close_frame_sent:
+        if transport is None or self._closing or transport.is_close_frame_sent:
             return
+        self._closing = True
         if self._close_reason == "client_close":
             self._close_reason = _REASON_BY_CODE.get(code, "server_error")
         transport.send_close(code, reason.encode()[:123])
