@@ -128,11 +128,8 @@ def test_cache_is_bounded_and_evicts_the_least_recent() -> None:
     assert verifier.certificate_checks == 4
 
 
-def test_websocket_leaf_stands_for_every_key() -> None:
-    """Like the SDK: when the witness maps `websocket` itself to a leaf, that hash covers any key."""
-    content = b"\xa5 any content"
-    witness = ("labeled", b"websocket", ("leaf", hashlib.sha256(content).digest()))
-    now = time.time_ns()
+def certify(witness: object) -> tuple[bytes, bytes]:
+    """A certificate for a canister whose certified data is the root of `witness`, and the witness's CBOR."""
     state = (
         "fork",
         (
@@ -140,14 +137,45 @@ def test_websocket_leaf_stands_for_every_key() -> None:
             b"canister",
             ("labeled", CANISTER, ("labeled", b"certified_data", ("leaf", hash_tree_digest(witness)))),
         ),
-        ("labeled", b"time", ("leaf", leb128(now))),
+        ("labeled", b"time", ("leaf", leb128(time.time_ns()))),
     )
     signature = bls_sign(SECRET, b"\x0dic-state-root" + hash_tree_digest(state))
     cert = cbor_encode({"tree": cbor_decode(hash_tree_encode(state)), "signature": signature})
+    return cert, hash_tree_encode(witness)
+
+
+def test_websocket_leaf_stands_for_every_key() -> None:
+    """Like the SDK: when the witness maps `websocket` itself to a leaf, that hash covers any key."""
+    content = b"\xa5 any content"
+    cert, tree = certify(("labeled", b"websocket", ("leaf", hashlib.sha256(content).digest())))
     verifier = MessageVerifier(ROOT_KEY, CANISTER)
-    verifier.verify("whatever_00000000000000000000", content, cert, hash_tree_encode(witness))
+    verifier.verify("whatever_00000000000000000000", content, cert, tree)
     with pytest.raises(VerificationError):
-        verifier.verify("whatever_00000000000000000000", content + b"!", cert, hash_tree_encode(witness))
+        verifier.verify("whatever_00000000000000000000", content + b"!", cert, tree)
+
+
+def test_only_revealed_leaves_certify() -> None:
+    first, second = b"first content", b"second content"
+    hidden = ("labeled", b"k1", ("leaf", hashlib.sha256(first).digest()))
+    nested = ("labeled", b"k3", ("labeled", b"deeper", ("leaf", hashlib.sha256(second).digest())))
+    websocket = (
+        "fork",
+        ("pruned", hash_tree_digest(hidden)),
+        ("fork", ("labeled", b"k2", ("leaf", hashlib.sha256(second).digest())), nested),
+    )
+    cert, tree = certify(("labeled", b"websocket", websocket))
+    verifier = MessageVerifier(ROOT_KEY, CANISTER)
+    verifier.verify("k2", second, cert, tree)
+    with pytest.raises(VerificationError, match="does not cover key 'k1'"):
+        verifier.verify("k1", first, cert, tree)  # pruned: the witness does not reveal it
+    with pytest.raises(VerificationError, match="does not cover key 'k3'"):
+        verifier.verify("k3", second, cert, tree)  # not a leaf
+
+
+def test_malformed_witness_fails() -> None:
+    key, content, cert, _ = batch_frames(1)[0]
+    with pytest.raises(VerificationError, match="bad witness tree"):
+        MessageVerifier(ROOT_KEY, CANISTER).verify(key, content, cert, cbor_encode([9, b"x"]))
 
 
 def test_cache_size_must_be_positive() -> None:

@@ -3,11 +3,11 @@
 A message is genuine when (1) its certificate is signed by the IC for this canister and fresh, (2) the
 witness `tree` hashes to the canister's certified data in that certificate, and (3) the tree maps
 `websocket/<key>` to the SHA-256 of the message's content. The gateway relays one `ws_get_messages`
-batch as many frames that all carry the same `cert` and `tree`, so the expensive part (the BLS check
-of the certificate, the hash of the tree) is done once per distinct `cert`/`tree` and kept in small LRU
-caches; per message only the witness lookup (in the core) and one SHA-256 remain. A verifier can be
-shared by many clients of one canister: a load generator's thousands of connections then check each
-batch certificate once.
+batch as many frames that all carry the same `cert` and `tree`, so the expensive part is done once per
+distinct `cert` (the BLS check, in the core) and once per distinct `tree` (its root hash in the core,
+and a map of the leaves under `websocket`), and kept in small LRU caches; per message only a dict
+lookup and one SHA-256 remain. A verifier can be shared by many clients of one canister: a load
+generator's thousands of connections then check each batch certificate once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from icgw.core import (
     CborError,
@@ -66,7 +68,7 @@ class MessageVerifier:
         self._clock = clock
         self._cache_size = cache_size
         self._certificates: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()
-        self._tree_roots: OrderedDict[bytes, bytes] = OrderedDict()
+        self._witnesses: OrderedDict[bytes, _Witness] = OrderedDict()
         self._certified_data_path = [b"canister", canister_id, b"certified_data"]
         # Counters for tests and benchmarks: full certificate checks, and messages checked in all.
         self.certificate_checks = 0
@@ -76,9 +78,10 @@ class MessageVerifier:
         """Raise VerificationError unless the IC certified `content` under `key` for the canister."""
         self.messages_checked += 1
         certified_data = self._certified_data(cert)
-        if self._tree_root(tree) != certified_data:
+        witness = self._witness(tree)
+        if witness.root != certified_data:
             raise VerificationError(f"{_FAILED}: the witness does not match the certified data")
-        expected = _websocket_leaf(tree, key)
+        expected = witness.leaves.get(key.encode(), witness.websocket_leaf)
         if expected is None:
             raise VerificationError(f"{_FAILED}: the witness does not cover key {key!r}")
         if hashlib.sha256(content).digest() != expected:
@@ -125,29 +128,62 @@ class MessageVerifier:
         if time_ns > now_ns + MAX_CERTIFICATE_FUTURE_NS:
             raise VerificationError(f"{_FAILED}: the certificate time is in the future")
 
-    def _tree_root(self, tree: bytes) -> bytes:
-        root = self._tree_roots.get(tree)
-        if root is None:
-            try:
-                root = hash_tree_root(tree)
-            except CoreError as error:
-                raise VerificationError(f"{_FAILED}: bad witness tree: {error}") from error
-            self._tree_roots[tree] = root
-            if len(self._tree_roots) > self._cache_size:
-                self._tree_roots.popitem(last=False)
-        return root
+    def _witness(self, tree: bytes) -> _Witness:
+        witness = self._witnesses.get(tree)
+        if witness is None:
+            witness = _read_witness(tree)
+            self._witnesses[tree] = witness
+            if len(self._witnesses) > self._cache_size:
+                self._witnesses.popitem(last=False)
+        return witness
 
 
-def _websocket_leaf(tree: bytes, key: str) -> bytes | None:
-    """The hash the witness holds for `websocket/<key>`; like the SDK, a `websocket` label that is
-    itself a leaf stands for every key."""
+@dataclass(frozen=True, slots=True)
+class _Witness:
+    """What a message needs from a witness tree: its root hash and the leaves under `websocket`."""
+
+    root: bytes
+    leaves: dict[bytes, bytes]  # key label -> leaf value (the SHA-256 of the message's content)
+    # Like the SDK's lookup fallback: a `websocket` label that is itself a leaf stands for every key.
+    websocket_leaf: bytes | None
+
+
+def _read_witness(tree: bytes) -> _Witness:
+    """Hash the tree (the core also checks its shape) and collect the leaves `websocket/<key>`, as the
+    spec's lookup_path finds them: through forks, the first of equal labels, leaves only."""
     try:
-        status, value = lookup_path(tree, [_WEBSOCKET_LABEL, key.encode()])
-        if status != "found":
-            status, value = lookup_path(tree, [_WEBSOCKET_LABEL])
+        root = hash_tree_root(tree)
+        node = cbor_decode(tree)
     except CoreError as error:
         raise VerificationError(f"{_FAILED}: bad witness tree: {error}") from error
-    return value if status == "found" else None
+    websocket = next((sub for label, sub in _labeled(node) if label == _WEBSOCKET_LABEL), None)
+    if websocket is None:
+        return _Witness(root, {}, None)
+    if websocket[0] == _LEAF:
+        return _Witness(root, {}, websocket[1])
+    leaves: dict[bytes, bytes] = {}
+    for label, sub in _labeled(websocket):
+        if sub[0] == _LEAF:
+            leaves.setdefault(label, sub[1])
+    return _Witness(root, leaves, None)
+
+
+# Hash-tree node tags: [0] empty, [1, left, right] fork, [2, label, subtree] labeled, [3, value] leaf,
+# [4, hash] pruned.
+_FORK, _LABELED, _LEAF = 1, 2, 3
+
+
+def _labeled(node: Any) -> Iterator[tuple[bytes, Any]]:
+    """The labeled nodes of one level, left to right, looking through forks (the spec's flatten_forks).
+    The core validated the shape while hashing, so the nodes are well-formed lists."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current[0] == _FORK:
+            stack.append(current[2])
+            stack.append(current[1])
+        elif current[0] == _LABELED:
+            yield current[1], current[2]
 
 
 def _state_tree(cert: bytes) -> bytes:
