@@ -276,6 +276,17 @@ async def test_on_message_callback_replaces_the_queue(gateway: FakeGateway) -> N
     await client.close()
 
 
+async def test_failing_on_message_callback_closes_and_is_kept(gateway: FakeGateway) -> None:
+    def explode(message: ReceivedMessage) -> None:
+        raise LookupError("application bug")
+
+    client, conn, canister = await opened(gateway, on_message=explode)
+    conn.send(*canister.frames(canister.app_content(b"DIDL\x00\x00")))
+    close = await conn.closed_by_client()
+    assert (close.code, close.reason) == (4000, "Error receiving message")
+    assert isinstance(client.error, LookupError)
+
+
 async def test_pause_reading_holds_messages_back(gateway: FakeGateway) -> None:
     client, conn, canister = await opened(gateway)
     client.pause_reading()

@@ -1,10 +1,12 @@
 """A Python client of the IC WebSocket protocol: what `ic-websocket-js` does, over picows.
 
-client = await IcWebSocketClient.connect("ws://127.0.0.1:8080", canister_id, ic_url="http://127.0.0.1:4943")
-await client.open()
-await client.send_app_message("hello")
-async for message in client:
-    print(message.sequence_num, message.app_message)
+Example (the test canister answers every message with its text + " ping")::
+
+    client = await connect("ws://127.0.0.1:8080", canister_id, ic_url="http://127.0.0.1:4943")
+    await client.open()
+    await client.send_app_message("hello")
+    async for message in client:
+        print(message.sequence_num, message.app_message)
 """
 
 from .acks import AckTracker

@@ -668,7 +668,13 @@ class IcWebSocketClient:
             return
         received = ReceivedMessage(sequence_num, message["timestamp"], message["content"], frame.key)
         if self._on_message is not None:
-            self._on_message(received)
+            try:
+                self._on_message(received)
+            except Exception as error:
+                # The callback runs inside picows' frame handler: an escaping exception would drop the
+                # connection with no trace of why. Close like the SDK and keep the error instead.
+                log.exception("on_message failed; closing the connection")
+                self._fail(error, CLOSE_ERROR, "Error receiving message")
             return
         self._messages.append(received)
         receiver = self._receive_waiter
