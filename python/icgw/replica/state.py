@@ -11,7 +11,7 @@ The state tree (IC-INTERFACE.md §5, §7, §11) is
 It is kept as nested labeled maps whose digests are computed here with hashlib, so that a round only
 rehashes what changed: small maps (a handful of labels) are rehashed whole and shaped like the
 replica's trees (neighbours paired bottom-up), while the request statuses, which grow with traffic,
-live in a treap keyed by request id whose node hashes are cached and recomputed only along changed
+live in `merkle.CertifiedMap`, a treap whose node hashes are cached and recomputed only along changed
 paths (O(log n) per change, one signature per round however many changes).
 
 Witnesses are rendered straight into the CBOR array form of a hash tree (`[1, l, r]`, `[2, label, t]`,
@@ -34,6 +34,7 @@ from typing import Literal, TypeAlias, Union
 
 from icgw import core
 from icgw.replica.interfaces import Outcome, Reply
+from icgw.replica.merkle import CertifiedMap, HashTree
 
 # --- hash-tree digests (IC-INTERFACE.md §5.2) -----------------------------------------------------
 
@@ -206,10 +207,10 @@ class SmallMap(LabeledMap):
         # (tree or None when pruned, digest) per node, paired bottom-up like `digest`.
         level: list[tuple[Tree | None, bytes]] = []
         for label, sub in entries:
-            what = reveal.get(label)
+            shown = reveal.get(label)
             digest = labeled_digest(label, subtree_digest(sub))
             level.append(
-                ([2, label, render_subtree(sub, what)], digest) if what is not None else (None, digest)
+                ([2, label, render_subtree(sub, shown)], digest) if shown is not None else (None, digest)
             )
         while len(level) > 1:
             paired: list[tuple[Tree | None, bytes]] = []
@@ -227,178 +228,65 @@ class SmallMap(LabeledMap):
         return tree if tree is not None else pruned(digest)
 
 
-class _TreapNode:
-    __slots__ = ("digest", "entry_digest", "label", "left", "priority", "right", "subtree")
-
-    def __init__(self, label: bytes, subtree: Subtree) -> None:
-        self.label = label
-        # A hash of the label orders the heap, so the tree's shape depends only on its label set.
-        self.priority = _sha256(label).digest()
-        self.subtree = subtree
-        self.entry_digest = labeled_digest(label, subtree_digest(subtree))
-        self.left: _TreapNode | None = None
-        self.right: _TreapNode | None = None
-        self.digest: bytes | None = None  # cached; None when something below changed
-
-
-def _node_digest(node: _TreapNode) -> bytes:
-    if node.digest is None:
-        node.digest = _three_way_digest(
-            None if node.left is None else _node_digest(node.left),
-            node.entry_digest,
-            None if node.right is None else _node_digest(node.right),
-        )
-    return node.digest
+def _as_tuple_tree(tree: Tree) -> HashTree:
+    """A witness in array form as the nested tuples `merkle` keeps."""
+    kind = tree[0]
+    if kind == 1:
+        return ("fork", _as_tuple_tree(tree[1]), _as_tuple_tree(tree[2]))  # type: ignore[arg-type]
+    if kind == 2:
+        return ("labeled", tree[1], _as_tuple_tree(tree[2]))  # type: ignore[arg-type]
+    if kind == 3:
+        return ("leaf", tree[1])
+    if kind == 4:
+        return ("pruned", tree[1])
+    return ("empty",)
 
 
-def _three_way_digest(left: bytes | None, entry: bytes, right: bytes | None) -> bytes:
-    # A node with its two subtrees is Fork(left, Fork(entry, right)), leaving out missing subtrees.
-    below = entry if right is None else fork_digest(entry, right)
-    return below if left is None else fork_digest(left, below)
+def _as_array_tree(tree: HashTree) -> Tree:
+    kind = tree[0]
+    if kind == "fork":
+        return [1, _as_array_tree(tree[1]), _as_array_tree(tree[2])]
+    if kind == "labeled":
+        return [2, tree[1], _as_array_tree(tree[2])]
+    if kind == "leaf":
+        return [3, tree[1]]
+    if kind == "pruned":
+        return [4, tree[1]]
+    return [0]
 
 
-def _three_way(left: Tree | None, entry: Tree, right: Tree | None) -> Tree:
-    below = entry if right is None else [1, entry, right]
-    return below if left is None else [1, left, below]
+class LargeMap(LabeledMap):
+    """A map that grows with traffic (the request statuses): `merkle.CertifiedMap`, an incremental
+    treap whose hashes are recomputed only along changed paths (O(log n) per change).
 
-
-def _rotate_right(node: _TreapNode) -> _TreapNode:
-    top = node.left
-    assert top is not None
-    node.left, top.right = top.right, node
-    node.digest = top.digest = None
-    return top
-
-
-def _rotate_left(node: _TreapNode) -> _TreapNode:
-    top = node.right
-    assert top is not None
-    node.right, top.left = top.left, node
-    node.digest = top.digest = None
-    return top
-
-
-class TreapMap(LabeledMap):
-    """A large map with O(log n) updates: a treap (heap-ordered by a hash of the label) whose node
-    digests are cached, so a round rehashes only the paths that changed."""
+    Its values are small maps, stored as their whole hash trees; a witness reveals a requested label's
+    whole value (a request for /request_status/<rid>/status also shows the other fields of <rid>).
+    """
 
     def __init__(self) -> None:
-        self._root: _TreapNode | None = None
-        self._nodes: dict[bytes, _TreapNode] = {}
+        self._map = CertifiedMap()
+        self._values: dict[bytes, SmallMap] = {}
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return len(self._values)
 
     def get(self, label: bytes) -> Subtree | None:
-        node = self._nodes.get(label)
-        return None if node is None else node.subtree
+        return self._values.get(label)
 
-    def set(self, label: bytes, subtree: Subtree) -> None:
-        node = self._nodes.get(label)
-        if node is not None:
-            node.subtree = subtree
-            node.entry_digest = labeled_digest(label, subtree_digest(subtree))
-            self._invalidate_path(label)
-            return
-        node = _TreapNode(label, subtree)
-        self._nodes[label] = node
-        self._root = self._insert(self._root, node)
+    def set(self, label: bytes, value: SmallMap) -> None:
+        self._values[label] = value
+        self._map.set(label, _as_tuple_tree(value.render(None)))
 
     def remove(self, label: bytes) -> None:
-        if self._nodes.pop(label, None) is not None:
-            self._root = self._delete(self._root, label)
-
-    def _invalidate_path(self, label: bytes) -> None:
-        node = self._root
-        while node is not None:
-            node.digest = None
-            if label == node.label:
-                return
-            node = node.left if label < node.label else node.right
-
-    def _insert(self, root: _TreapNode | None, new: _TreapNode) -> _TreapNode:
-        if root is None:
-            return new
-        root.digest = None
-        if new.label < root.label:
-            root.left = self._insert(root.left, new)
-            if root.left.priority > root.priority:
-                root = _rotate_right(root)
-        else:
-            root.right = self._insert(root.right, new)
-            if root.right.priority > root.priority:
-                root = _rotate_left(root)
-        return root
-
-    def _delete(self, root: _TreapNode | None, label: bytes) -> _TreapNode | None:
-        if root is None:
-            return None
-        root.digest = None
-        if label < root.label:
-            root.left = self._delete(root.left, label)
-            return root
-        if label > root.label:
-            root.right = self._delete(root.right, label)
-            return root
-        if root.left is None:
-            return root.right
-        if root.right is None:
-            return root.left
-        if root.left.priority > root.right.priority:
-            top = _rotate_right(root)
-            top.right = self._delete(top.right, label)
-        else:
-            top = _rotate_left(root)
-            top.left = self._delete(top.left, label)
-        return top
+        if self._values.pop(label, None) is not None:
+            self._map.delete(label)
 
     def digest(self) -> bytes:
-        return EMPTY_DIGEST if self._root is None else _node_digest(self._root)
-
-    def _neighbours(self, missing: bytes) -> list[bytes]:
-        below: bytes | None = None
-        above: bytes | None = None
-        node = self._root
-        while node is not None:
-            if node.label < missing:
-                below = node.label
-                node = node.right
-            else:
-                above = node.label
-                node = node.left
-        return [label for label in (below, above) if label is not None]
+        return self._map.root_hash()
 
     def render(self, request: PathSet | None) -> Tree:
-        if self._root is None:
-            return [0]
-        if request is None:
-            reveal: dict[bytes, Reveal] = dict.fromkeys(self._nodes, WHOLE)
-        else:
-            reveal = {}
-            for label, what in request.items():
-                if label in self._nodes:
-                    reveal[label] = what
-                else:
-                    for neighbour in self._neighbours(label):
-                        reveal.setdefault(neighbour, NEIGHBOUR)
-        return self._render(self._root, sorted(reveal), reveal)
-
-    def _render(self, node: _TreapNode, keys: list[bytes], reveal: dict[bytes, Reveal]) -> Tree:
-        if not keys:
-            return pruned(_node_digest(node))
-        i = bisect.bisect_left(keys, node.label)
-        here = i < len(keys) and keys[i] == node.label
-        left = None
-        if node.left is not None:
-            left = self._render(node.left, keys[:i], reveal)
-        right = None
-        if node.right is not None:
-            right = self._render(node.right, keys[i + 1 :] if here else keys[i:], reveal)
-        if here:
-            entry: Tree = [2, node.label, render_subtree(node.subtree, reveal[node.label])]
-        else:
-            entry = pruned(node.entry_digest)
-        return _three_way(left, entry, right)
+        tree = self._map.as_hash_tree() if request is None else self._map.witness(request)
+        return _as_array_tree(tree)
 
 
 # --- the ingress history (IC-INTERFACE.md §7) -------------------------------------------------------
@@ -477,7 +365,7 @@ class CertifiedState:
     def __init__(self, *, root_secret_key: bytes, subnet: SubnetInfo) -> None:
         self._secret = root_secret_key
         self.subnet = subnet
-        self.requests = TreapMap()
+        self.requests = LargeMap()
         self._canisters = SmallMap()
         self._time = b""
         self._round = 0
@@ -571,15 +459,6 @@ class CertifiedState:
         cert = core.cbor_encode({"tree": tree, "signature": self.certified.signature})
         self._certificate_cache[key] = cert
         return cert
-
-    def lookup(self, path: Sequence[bytes]) -> Subtree | None:
-        """The live value at `path` (None: no such path): for permission checks."""
-        node: Subtree | None = self._top()
-        for label in path:
-            if not isinstance(node, LabeledMap):
-                return None
-            node = node.get(label)
-        return node
 
 
 class IngressHistory:
