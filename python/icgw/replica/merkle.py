@@ -23,6 +23,7 @@ Trees are nested tuples, the form `icgw.core.hash_tree_encode`/`hash_tree_digest
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeAlias
 
@@ -113,7 +114,7 @@ def _check_node(tree: HashTree, depth: int) -> None:
                 _check_node(child[2], depth + 1)
             else:
                 _check_node(child, depth + 1)
-        if any(a >= b for a, b in zip(labels, labels[1:], strict=False)):
+        if any(a >= b for a, b in itertools.pairwise(labels)):
             raise ValueError("labels are not strictly increasing")
         return
     raise ValueError(f"not a hash tree node: {kind!r}")
@@ -256,7 +257,9 @@ class CertifiedMap:
         for label, _ in self.items():
             yield label
 
-    def items(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[tuple[bytes, MapValue]]:
+    def items(
+        self, start: bytes | None = None, stop: bytes | None = None
+    ) -> Iterator[tuple[bytes, MapValue]]:
         """(label, value) in label order, from `start` (inclusive) to `stop` (exclusive)."""
         stack: list[_Node] = []
         node = self._root
