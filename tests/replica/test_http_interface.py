@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 
 from icgw import core
 from icgw.replica import Replica
@@ -39,6 +40,19 @@ from .conftest import (
 
 CANISTER = echo_canister_id(0)
 OTHER_CANISTER = echo_canister_id(1)  # in the subnet's range, but not hosted
+
+
+# The emulator runs on uvloop (`python -m icgw.replica`), so these tests run there too (uvloop's
+# transports differ from asyncio's). A module-level policy keeps the choice to this module; the
+# pytest-asyncio replacement (a loop-factory hook) would apply to the whole directory.
+pytestmark = pytest.mark.filterwarnings(
+    'ignore:Overriding the "event_loop_policy" fixture:DeprecationWarning'
+)
+
+
+@pytest.fixture(scope="module")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    return uvloop.EventLoopPolicy()
 
 
 def verify(replica: Replica, certificate: bytes, **scope: Any) -> None:
@@ -870,3 +884,27 @@ async def test_a_declared_oversized_body_is_refused_before_it_is_sent(replica: R
     head = f"POST /api/v2/canister/x/call HTTP/1.1\r\nHost: x\r\nContent-Length: {10**9}\r\n\r\n"
     raw = await _raw_exchange(replica, head.encode())
     assert raw.startswith(b"HTTP/1.1 413 ")
+
+
+async def test_subnet_scoped_calls_and_queries_are_for_the_management_canister(
+    agent: TestAgent, replica: Replica
+) -> None:
+    subnet = core.principal_to_text(replica.subnet.subnet_id)
+    call = agent.envelope(agent.content("call", canister_id=CANISTER, method_name="echo", arg=b""))
+    response = await agent.post(f"/api/v4/subnet/{subnet}/call", call)
+    assert response.status == 400
+    assert "only for the management canister" in response.text
+    create = agent.envelope(agent.content("call", canister_id=b"", method_name="create_canister", arg=b""))
+    response = await agent.post(f"/api/v4/subnet/{subnet}/call", create)
+    assert response.status == 200
+    body = response.cbor()
+    assert (body["status"], body["reject_code"]) == ("non_replicated_rejection", 3)
+    assert "no management canister" in body["reject_message"]
+    list_canisters = agent.content("query", canister_id=b"", method_name="list_canisters", arg=b"")
+    response = await agent.post(f"/api/v3/subnet/{subnet}/query", agent.envelope(list_canisters))
+    body = await verified_query(agent, core.request_id(list_canisters), response)
+    assert (body["status"], body["reject_code"]) == ("rejected", 3)
+
+
+async def test_these_tests_run_on_uvloop() -> None:
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from icgw import core
 from icgw.replica.admin import AdminEndpoints, AdvanceableClock
+from icgw.replica.clock import CanisterClock, RealClock
 from icgw.replica.config import ReplicaConfig, random_bls_secret_key
 from icgw.replica.endpoints import IcEndpoints
 from icgw.replica.faults import FaultInjector
@@ -64,11 +65,7 @@ class Replica:
     ) -> None:
         self.config = config if config is not None else ReplicaConfig()
         cfg = self.config
-        if clock is None:
-            from icgw.replica.clock import RealClock
-
-            clock = RealClock()
-        self._clock: AdvanceableClock = clock
+        self._clock: AdvanceableClock = clock if clock is not None else RealClock()
         self._canister_factory = canister_factory or builtin_canister_factory(cfg)
 
         self._root_secret = cfg.root_key_secret or random_bls_secret_key()
@@ -182,9 +179,8 @@ class Replica:
     async def start(self) -> None:
         """Create the canisters, certify the initial state and start listening."""
         self._loop = asyncio.get_running_loop()
-        bind_loop = getattr(self._clock, "bind_loop", None)
-        if bind_loop is not None:
-            bind_loop(self._loop)
+        if isinstance(self._clock, CanisterClock):
+            self._clock.bind_loop(self._loop)
         for index in range(self.config.canisters):
             canister = self._canister_factory(index, self._host)
             if canister.canister_id in self._canisters:
@@ -217,9 +213,8 @@ class Replica:
                 future.cancel()
         self._status_waiters.clear()
         self._clean_tasks.clear()
-        close = getattr(self._clock, "close", None)
-        if close is not None:
-            close()
+        if isinstance(self._clock, CanisterClock):
+            self._clock.close()
         for canister in self._canisters.values():
             shutdown = getattr(canister, "shutdown", None)
             if shutdown is not None:
@@ -363,9 +358,9 @@ def builtin_canister_factory(config: ReplicaConfig) -> CanisterFactory:
         from icgw.replica.apps import load_app
         from icgw.replica.canister import Canister, canister_id_for_index
         from icgw.replica.cdk import WsInitParams
-        from icgw.replica.test_canister import TestApp
+        from icgw.replica.test_canister import TestCanister
 
-        app = load_app(config.app) if config.app is not None else TestApp()
+        app = load_app(config.app) if config.app is not None else TestCanister()
         params = WsInitParams(
             max_number_of_returned_messages=config.max_returned_messages,
             send_ack_interval_ms=config.ack_interval_ms,

@@ -34,9 +34,14 @@ def ready_line(replica: Replica) -> bytes:
     )
 
 
-async def serve(config: ReplicaConfig) -> None:
+async def serve(config: ReplicaConfig) -> int:
     replica = Replica(config)
-    await replica.start()
+    try:
+        await replica.start()
+    except (OSError, ValueError) as e:
+        log.error("cannot start the replica: %s", e)
+        await replica.stop()
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -46,6 +51,7 @@ async def serve(config: ReplicaConfig) -> None:
     await stop.wait()
     log.info("stopping")
     await replica.stop()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,8 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    uvloop.run(serve(config))
-    return 0
+    return uvloop.run(serve(config))
 
 
 if __name__ == "__main__":

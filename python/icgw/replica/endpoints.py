@@ -51,6 +51,8 @@ QUERY_RESPONSE_DOMAIN = b"\x0bic-response"
 CANISTER_NOT_FOUND = "IC0301"
 METHOD_NOT_FOUND = "IC0536"
 
+MANAGEMENT_CANISTER = b""  # aaaaa-aa
+
 RequestType = Literal["call", "query", "read_state"]
 Scope = Literal["canister", "subnet"]
 
@@ -181,7 +183,7 @@ class IcEndpoints:
                 except _BadRequest as e:
                     return e.response
         elif request.path == "/api/v2/status":
-            if request.method not in ("GET", "HEAD"):
+            if request.method != "GET":
                 return HttpResponse.method_not_allowed("GET")
             return HttpResponse(200, self._status_body, CBOR)
         elif len(parts) == 4 and parts[1] == "_" and parts[2] == "candid":
@@ -233,9 +235,15 @@ class IcEndpoints:
         return _Envelope(request_id, content, envelope.get("sender_delegation") or [])
 
     def _check_target(self, envelope: _Envelope, scope: Scope, effective: bytes) -> bytes:
-        """The content's canister id, which must be the effective canister id of the URL."""
+        """The content's canister id, checked against the URL's effective id (IC-INTERFACE.md §1)."""
         canister_id: bytes = envelope.content["canister_id"]
-        if scope == "canister" and canister_id != effective:
+        if canister_id == MANAGEMENT_CANISTER:
+            return canister_id  # its effective id comes from its argument; it is not emulated anyway
+        if scope == "subnet":
+            raise _BadRequest(
+                400, "subnet-scoped calls and queries are only for the management canister (aaaaa-aa)"
+            )
+        if canister_id != effective:
             raise _BadRequest(
                 400,
                 f"Specified CanisterId {_text_id(canister_id)} does not match effective canister id "
@@ -281,7 +289,7 @@ class IcEndpoints:
         return _cbor({"status": "replied", "certificate": certificate})
 
     def _missing_canister(self, canister_id: bytes) -> Reject:
-        if canister_id == b"":
+        if canister_id == MANAGEMENT_CANISTER:
             return Reject(
                 DESTINATION_INVALID,
                 "the emulator has no management canister (aaaaa-aa): canisters cannot be created or managed",

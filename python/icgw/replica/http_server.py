@@ -14,8 +14,8 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import cast
 from http import HTTPStatus
+from typing import cast
 
 import httptools
 
@@ -237,9 +237,11 @@ class HttpConnection(asyncio.Protocol):
             response = slot.response
             assert response is not None
             if response.drop_connection:
-                close = True
-                out.clear()
-                break
+                # Answers already due still go out (then a plain close); otherwise a reset.
+                if out:
+                    transport.write(b"".join(out))
+                self._close(abort=not out)
+                return
             out.append(_encode(response, slot.keep_alive))
             if slot.refusal:
                 transport.write(b"".join(out))
@@ -251,7 +253,7 @@ class HttpConnection(asyncio.Protocol):
         if out:
             transport.write(b"".join(out) if len(out) > 1 else out[0])
         if close:
-            self._close(abort=not out)
+            self._close()
         else:
             self._update_reading()
 
