@@ -334,7 +334,7 @@ async def test_queries_run_on_certified_state(agent: TestAgent) -> None:
 
 async def test_a_data_certificate_is_refused_outside_queries(agent: TestAgent, replica: Replica) -> None:
     with pytest.raises(RuntimeError, match="only available to a query"):
-        replica._data_certificate(CANISTER)
+        replica.data_certificate(CANISTER)
 
 
 @pytest.mark.parametrize("replica_config", [make_config(query_delay_ms=60)])

@@ -54,7 +54,10 @@ CERTIFICATE_REFRESH_NS = 1_000_000_000
 
 
 class Replica:
-    """One emulated subnet: keys, canisters, certified state, rounds and the HTTP server."""
+    """One emulated subnet: keys, canisters, certified state, rounds and the HTTP server.
+
+    It is also the `CanisterHost` of its canisters.
+    """
 
     def __init__(
         self,
@@ -92,7 +95,6 @@ class Replica:
             admin=admin,
         )
         self._server = HttpServer(self._endpoints.handle, max_body_bytes=cfg.max_body_bytes)
-        self._host = _Host(self)
 
         # Round machinery.
         self._round_s = cfg.round_ms / 1000
@@ -182,7 +184,7 @@ class Replica:
         if isinstance(self._clock, CanisterClock):
             self._clock.bind_loop(self._loop)
         for index in range(self.config.canisters):
-            canister = self._canister_factory(index, self._host)
+            canister = self._canister_factory(index, self)
             if canister.canister_id in self._canisters:
                 raise ValueError(f"two canisters with id {core.principal_to_text(canister.canister_id)}")
             if not self.subnet.contains(canister.canister_id):
@@ -220,14 +222,14 @@ class Replica:
             if shutdown is not None:
                 shutdown()
 
-    # --- the canisters' view (CanisterHost) --------------------------------------------------------
+    # --- CanisterHost: the canisters' view of their replica -----------------------------------------
 
-    def _certified_data_changed(self, canister_id: bytes) -> None:
+    def certified_data_changed(self, canister_id: bytes) -> None:
         canister = self._canisters.get(canister_id)
         if canister is not None:  # during construction the initial value is read once it exists
             self._state.set_certified_data(canister_id, canister.certified_data)
 
-    def _data_certificate(self, canister_id: bytes) -> bytes:
+    def data_certificate(self, canister_id: bytes) -> bytes:
         if self._query_canister != canister_id:
             raise RuntimeError("a data certificate is only available to a query, on certified state")
         return self._state.certificate([(b"canister", canister_id, b"certified_data")])
@@ -321,23 +323,6 @@ class Replica:
         for future in waiters:
             if not future.done():
                 future.set_result(certificate)
-
-
-class _Host:
-    """The `CanisterHost` a replica gives its canisters."""
-
-    def __init__(self, replica: Replica) -> None:
-        self._replica = replica
-
-    @property
-    def clock(self) -> AdvanceableClock:
-        return self._replica.clock
-
-    def certified_data_changed(self, canister_id: bytes) -> None:
-        self._replica._certified_data_changed(canister_id)
-
-    def data_certificate(self, canister_id: bytes) -> bytes:
-        return self._replica._data_certificate(canister_id)
 
 
 def _trapped(canister_id: bytes, method_name: str, error: Exception) -> Reject:
