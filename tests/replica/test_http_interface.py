@@ -908,3 +908,49 @@ async def test_subnet_scoped_calls_and_queries_are_for_the_management_canister(
 
 async def test_these_tests_run_on_uvloop() -> None:
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+# --- the built-in CDK test canister ---------------------------------------------------------------
+
+
+async def test_the_builtin_cdk_canister_over_http(clock: ManualClock) -> None:
+    """A client opens a connection with a signed v3 call; the gateway polls with a signed query and
+    checks every message as the SDK does: data certificate, tree root = certified data, leaf = hash."""
+    from icgw.replica.canister import canister_id_for_index
+    from icgw.replica.test_canister import TestCanisterCalls, decode_app_message
+
+    replica = Replica(make_config(canisters=2), clock=clock)
+    await replica.start()
+    try:
+        assert replica.canister_ids == [canister_id_for_index(0), canister_id_for_index(1)]
+        canister = replica.canister_ids[1]
+        client = core.Ed25519Identity.generate()
+        gateway = core.Ed25519Identity.generate()
+        async with aiohttp.ClientSession() as session:
+            agent = TestAgent(replica, session)
+            open_call = TestCanisterCalls.ws_open(client_nonce=7, gateway_principal=gateway.principal)
+            request_id, response = await agent.call(canister, "ws_open", open_call.arg, identity=client)
+            certificate = response.cbor()["certificate"]
+            verify(replica, certificate, canister_id=canister)
+            status, reply = lookup(certificate, b"request_status", request_id, b"reply")
+            assert status == "found"
+            assert reply is not None
+            assert open_call.result(Reply(reply)) == {"Ok": None}
+
+            poll = TestCanisterCalls.ws_get_messages(0)
+            request_id, response = await agent.query(canister, "ws_get_messages", poll.arg, identity=gateway)
+            body = await verified_query(agent, request_id, response)
+            batch = poll.result(Reply(body["reply"]["arg"]))["Ok"]
+            assert len(batch["messages"]) == 2  # the OpenMessage and the test canister's "ping"
+            verify(replica, batch["cert"], canister_id=canister)
+            status, certified_data = lookup(batch["cert"], b"canister", canister, b"certified_data")
+            assert status == "found"
+            assert core.hash_tree_root(batch["tree"]) == certified_data
+            for message in batch["messages"]:
+                leaf = core.lookup_path(batch["tree"], [b"websocket", message["key"].encode()])
+                assert leaf == ("found", hashlib.sha256(message["content"]).digest())
+            ping = core.cbor_decode(batch["messages"][1]["content"])
+            assert isinstance(ping, dict)
+            assert decode_app_message(ping["content"])["text"] == "ping"
+    finally:
+        await replica.stop()
