@@ -1,4 +1,5 @@
 # Stubs for the compiled core, checked against the built module by `stubtest` in CI.
+import typing
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from typing import Final, Literal, final
@@ -150,3 +151,64 @@ def verify_signature(der_public_key: bytes, message: bytes, signature: bytes) ->
 def verify_envelope(envelope_cbor: bytes, now_ns: int) -> None: ...
 def envelope_request_id(envelope_cbor: bytes) -> bytes: ...
 def sign_envelope(identity: Ed25519Identity, content: Mapping[str, object]) -> bytes: ...
+
+# --- candid and fan-out ---------------------------------------------------------------------------
+
+# Candid values in Python: record -> dict by field name (int keys for numbered fields; a tuple record may
+# also be given as a tuple), variant -> one-key dict, null/reserved -> None, opt -> None or the value,
+# vec -> list, blob / vec nat8 -> bytes, principal / service -> bytes, func -> (bytes, str),
+# nat/int/natN/intN -> int, floatN -> float, bool, text -> str. `types` is a Candid argument-type list,
+# e.g. "(CanisterWsMessageArguments, opt AppMessage)", resolved against ws_types.did; it may start with
+# its own declarations: "type List = opt record { head : int; tail : List }; (List)".
+
+def candid_encode(idl_args_text: str, *, types: str | None = None) -> bytes: ...
+def candid_decode(data: bytes, *, types: str | None = None) -> str: ...
+def candid_encode_values(types: str, values: Sequence[object]) -> bytes: ...
+def candid_decode_values(types: str, data: bytes) -> list[object]: ...
+def candid_idl_hash(name: str) -> int: ...
+def encode_websocket_message(
+    client_principal: bytes,
+    client_nonce: int,
+    sequence_num: int,
+    timestamp: int,
+    is_service_message: bool,
+    content: bytes,
+    *,
+    self_describe: bool = True,
+) -> bytes: ...
+def decode_websocket_message(data: bytes) -> dict[str, typing.Any]: ...
+
+@typing.final
+class MessagesBatch:
+    """A checked ws_get_messages batch; Python objects are built on access."""
+
+    @property
+    def messages(self) -> list[tuple[bytes, int, str, bytes]]: ...
+    @property
+    def cert(self) -> bytes: ...
+    @property
+    def tree(self) -> bytes: ...
+    @property
+    def is_end_of_queue(self) -> bool: ...
+    @property
+    def first_nonce(self) -> int | None: ...
+    @property
+    def last_nonce(self) -> int | None: ...
+    def frames(self) -> list[bytes]: ...
+    def routed_frames(self) -> list[tuple[bytes, int, bytes]]: ...
+    def __len__(self) -> int: ...
+    def verify(
+        self,
+        root_key_der: bytes,
+        canister_id: bytes,
+        *,
+        now_ns: int | None = None,
+        max_age_ns: int | None = None,
+    ) -> None:
+        """Raise CertificateError unless the IC certified every message for `canister_id`.
+
+        Checks the certificate (scope, signature chain, freshness when `now_ns` is given), that the witness
+        tree hashes to the canister's certified data, and that each content hashes to `websocket/<key>`.
+        """
+
+def decode_messages_reply(reply_arg: bytes, expected_nonce: int | None = None) -> MessagesBatch: ...

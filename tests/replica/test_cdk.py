@@ -8,6 +8,7 @@ certificate over the canister's certified data, the witness in `tree` reconstruc
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 from collections.abc import Iterator
@@ -47,7 +48,7 @@ from icgw.replica.cdk import (
     decode_service_message,
     encode_service_message,
 )
-from icgw.replica.clock import ManualClock
+from icgw.replica.clock import CanisterClock, ManualClock, RealClock
 from icgw.replica.interfaces import CANISTER_ERROR, DESTINATION_INVALID, Reject, Reply
 from icgw.replica.merkle import CertifiedMap, labeled_hash
 from icgw.replica.test_canister import (
@@ -102,7 +103,7 @@ def cbor_tree(tree: tuple[Any, ...]) -> list[Any]:
 class FakeHost:
     """A replica reduced to what a canister asks of it; certificates are real and BLS-signed."""
 
-    def __init__(self, clock: ManualClock) -> None:
+    def __init__(self, clock: CanisterClock) -> None:
         self.clock = clock
         self.canisters: dict[bytes, Canister] = {}
         self.certified_data_changes = 0
@@ -538,7 +539,8 @@ def test_c_a_gateway_that_gets_a_client_again_is_not_removed(env: Env) -> None:
     # CLIENT_2 did not answer its ack and was dropped; the gateway's expiry clock restarts only now.
     assert env.canister.cdk.is_gateway_registered(GATEWAY_1)
     result = env.poll(GATEWAY_1, 0)
-    assert [m["key"] for m in result["messages"]] == [key_of(GATEWAY_1, n) for n in range(4)]
+    # Nonces go on from the first registration (the two OpenMessages were trimmed as too old).
+    assert [m["key"] for m in result["messages"]] == [key_of(GATEWAY_1, n) for n in (2, 3)]
 
 
 def test_c_ws_get_messages_only_works_as_a_query(env: Env) -> None:
@@ -689,8 +691,9 @@ def test_g_the_ack_timer_restarts_on_wipe_and_keeps_its_phase_when_late(env: Env
     late_tick = wiped_at + 2 * T_MS * MS + 30_000 * MS
     assert (service(last_message()), last_message()["timestamp"]) == (ack_message(1), late_tick)
     assert env.keep_alive(CLIENT_1_KEY, 2) == {"Ok": None}
-    # ...and the one after is still due three intervals after the wipe.
-    env.advance_ms(T_MS - 30_000 - 1)
+    env.advance_ms(KEEP_ALIVE_MS)  # the check after the late tick, on time
+    # ...and the next tick is still due three intervals after the wipe.
+    env.advance_ms(T_MS - 30_000 - KEEP_ALIVE_MS - 1)
     assert last_message()["timestamp"] == late_tick
     env.advance_ms(1)
     assert (service(last_message()), last_message()["timestamp"]) == (
@@ -1088,6 +1091,40 @@ def test_load_app() -> None:
 
 def test_canister_ids_for_indexes() -> None:
     assert text(canister_id_for_index(0)) == "rrkah-fqaaa-aaaaa-aaaaq-cai"
-    assert canister_id_for_index(1) == b"\x00" * 7 + b"\x01\x01\x01"
+    assert canister_id_for_index(1) == b"\x00" * 7 + b"\x02\x01\x01"
+    assert text(canister_id_for_index(1)) == "ryjl3-tyaaa-aaaaa-aaaba-cai"
+    assert canister_id_for_index(0x2FFFFE) == bytes.fromhex("00000000002fffff0101")
     with pytest.raises(ValueError, match="out of range"):
         canister_id_for_index(-1)
+    with pytest.raises(ValueError, match="out of range"):
+        canister_id_for_index(2**64 - 1)
+
+
+async def test_on_a_real_clock_the_cdk_timers_run_by_themselves() -> None:
+    clock = RealClock()
+    host = FakeHost(clock)
+    canister = Canister(canister_id_for_index(0), host, SilentTestCanister())
+    host.canisters[canister.canister_id] = canister
+    canister.cdk.ws_open(CLIENT_1, 1, GATEWAY_1)
+    clock.advance(T_MS * MS)  # an admin jump: the tick that fell due runs at once
+    last = canister.cdk.gateway_queue(GATEWAY_1)[-1]
+    assert (last.key, service(cbor2.loads(last.content))) == (key_of(GATEWAY_1, 1), ack_message(0))
+    # The keep-alive check is now armed on the event loop, one minute of wall time away; moving the
+    # clock forward by less than that fires nothing, and a real wait for the remainder fires it.
+    clock.advance((KEEP_ALIVE_MS - 20) * MS)
+    assert canister.cdk.client_key(CLIENT_1) == CLIENT_1_KEY
+    await asyncio.sleep(0.1)
+    assert canister.cdk.client_key(CLIENT_1) is None
+    canister.shutdown()
+    clock.close()
+
+
+def test_an_app_reaches_the_cdk_only_once_bound() -> None:
+    app = SilentTestCanister()
+    with pytest.raises(RuntimeError, match="not bound"):
+        app.ws.send(CLIENT_1, b"")
+    env = make_env("rust", app)
+    assert app.context.canister_id == env.canister_id
+    assert app.clock is env.clock
+    with pytest.raises(RuntimeError, match="already bound"):
+        make_env("rust", app)

@@ -167,3 +167,13 @@ async def test_timers_set_before_a_loop_runs_are_armed_on_bind() -> None:
     clock.bind_loop(asyncio.get_running_loop())
     await asyncio.wait_for(fired.wait(), timeout=2)
     clock.close()
+
+
+async def test_real_clock_advance_rearms_the_wakeup_for_the_new_time() -> None:
+    clock = RealClock()
+    fired = asyncio.Event()
+    clock.call_later(10 * NS_PER_S, fired.set)  # armed ten seconds of wall time away
+    clock.advance(10 * NS_PER_S - 20 * NS_PER_MS)  # now only 20 ms of canister time remain
+    assert not fired.is_set()
+    await asyncio.wait_for(fired.wait(), timeout=1)
+    clock.close()

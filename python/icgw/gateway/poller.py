@@ -16,7 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from icgw.core import CertificateError, MessagesError, decode_messages_reply
+from picows import WSCloseCode
+
+from icgw.core import CertificateError, CoreError, MessagesBatch, decode_messages_reply, principal_to_text
+from icgw.gateway.observer import GatewayObserver
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ class PollerClient(Protocol):
 
     def deliver(self, frame: bytes) -> None: ...
 
-    def close_from_gateway(self, code: int, reason: str) -> None: ...
+    def close_from_gateway(self, code: WSCloseCode, reason: str) -> None: ...
 
 
 class FatalPollError(Exception):
@@ -55,7 +58,7 @@ class MessagesQuery(Protocol):
 
 
 class BatchVerifier(Protocol):
-    def __call__(self, batch: object) -> None:
+    def __call__(self, batch: MessagesBatch) -> None:
         """Raise CertificateError unless the batch's certificate and witness prove every message."""
         ...
 
@@ -73,7 +76,7 @@ class CanisterPoller:
         poll_timeout_s: float,
         linger_s: float,
         on_stop: Callable[[CanisterPoller], None],
-        metrics: PollMetrics | None = None,
+        observer: GatewayObserver | None = None,
     ) -> None:
         self.canister_id = canister_id
         self.clients: dict[tuple[bytes, int], PollerClient] = {}
@@ -83,7 +86,7 @@ class CanisterPoller:
         self._timeout = poll_timeout_s
         self._linger = linger_s
         self._on_stop = on_stop
-        self._metrics = metrics or PollMetrics()
+        self._metrics = observer or GatewayObserver()
         self._wake = asyncio.Event()
         self._next_nonce = 0
         self._failures = 0
@@ -128,7 +131,7 @@ class CanisterPoller:
                     await self._sleep(delay - (time.monotonic() - started))
         except Exception:
             log.exception("poller for canister %s failed", self._canister_text())
-            self._close_all(1011, "the gateway's poller for this canister failed")
+            self._close_all(WSCloseCode.INTERNAL_ERROR, "the gateway's poller for this canister failed")
         finally:
             self._on_stop(self)
 
@@ -155,12 +158,12 @@ class CanisterPoller:
         except FatalPollError as error:
             self._metrics.poll("error", time.perf_counter() - started)
             log.error("canister %s cannot be polled: %s", self._canister_text(), error)
-            self._close_all(1014, f"the canister cannot be polled: {error}"[:120])
+            self._close_all(WSCloseCode.BAD_GATEWAY, f"the canister cannot be polled: {error}"[:120])
             self._stopping = True
             return 0.0
         try:
             batch = decode_messages_reply(reply)
-        except MessagesError as error:
+        except CoreError as error:  # MessagesError, CandidError: not a usable reply
             self._metrics.poll("error", time.perf_counter() - started)
             return self._backoff(f"unusable ws_get_messages reply: {error}")
         if len(batch) == 0:
@@ -174,9 +177,12 @@ class CanisterPoller:
             self._metrics.poll("error", time.perf_counter() - started)
             return self._backoff(f"a batch failed verification and was not relayed: {error}")
         self._failures = 0
-        self._check_continuity(batch.first_nonce)
+        first, last = batch.first_nonce, batch.last_nonce
+        if first is None or last is None:  # unreachable: the batch is not empty
+            return self._interval
+        self._check_continuity(first)
         self._fan_out(batch)
-        self._next_nonce = batch.last_nonce + 1
+        self._next_nonce = last + 1
         self._metrics.poll("messages", time.perf_counter() - started)
         # More may be queued already (not drained, or a burst in progress): ask again at once.
         return 0.0
@@ -193,9 +199,9 @@ class CanisterPoller:
             )
             self._metrics.nonce_gap()
 
-    def _fan_out(self, batch: object) -> None:
+    def _fan_out(self, batch: MessagesBatch) -> None:
         clients = self.clients
-        for principal, nonce, frame in batch.routed_frames():  # type: ignore[attr-defined]
+        for principal, nonce, frame in batch.routed_frames():
             client = clients.get((principal, nonce))
             if client is not None:
                 client.deliver(frame)
@@ -207,24 +213,9 @@ class CanisterPoller:
         log.warning("canister %s: %s; retrying in %.2fs", self._canister_text(), reason, delay)
         return delay
 
-    def _close_all(self, code: int, reason: str) -> None:
+    def _close_all(self, code: WSCloseCode, reason: str) -> None:
         for client in list(self.clients.values()):
             client.close_from_gateway(code, reason)
 
     def _canister_text(self) -> str:
-        from icgw.core import principal_to_text
-
         return principal_to_text(self.canister_id)
-
-
-class PollMetrics:
-    """The poller's view of the metrics; the default records nothing (tests, tools)."""
-
-    def poll(self, outcome: str, seconds: float) -> None:
-        pass
-
-    def certificate_failure(self) -> None:
-        pass
-
-    def nonce_gap(self) -> None:
-        pass

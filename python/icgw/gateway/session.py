@@ -42,7 +42,7 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
-class ClientSession(WSListener):  # type: ignore[misc]
+class ClientSession(WSListener):
     """A picows listener: every callback runs on the event loop and never blocks."""
 
     def __init__(self, hub: Hub, peer: str) -> None:
@@ -58,11 +58,14 @@ class ClientSession(WSListener):  # type: ignore[misc]
         )
         self._open_timer: asyncio.TimerHandle | None = None
         self._close_reason = "client_close"
+        self._closing = False
 
     # --- picows callbacks --------------------------------------------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        peer = transport.underlying_transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if not self.hub.admit(self):
             self.close_from_gateway(WSCloseCode.TRY_AGAIN_LATER, "the gateway is at its connection limit")
             return
@@ -103,7 +106,7 @@ class ClientSession(WSListener):  # type: ignore[misc]
     # --- frames from the client ------------------------------------------------------------------
 
     def _on_binary(self, data: bytes) -> None:
-        if self.state is SessionState.CLOSED:
+        if self._closing or self.state is SessionState.CLOSED:
             return
         if not self._limiter.take():
             self._close_reason = "rate_limited"
@@ -138,9 +141,9 @@ class ClientSession(WSListener):  # type: ignore[misc]
         assert isinstance(args, dict)
         gateway_principal = args["gateway_principal"]
         if gateway_principal != self.hub.principal:
+            named = principal_to_text(gateway_principal)
             self._reject(
-                WSCloseCode.POLICY_VIOLATION,
-                f"ws_open names gateway {principal_to_text(gateway_principal)}, this is {self.hub.principal_text}",
+                WSCloseCode.POLICY_VIOLATION, f"ws_open names gateway {named}, not {self.hub.principal_text}"
             )
             return
         if not self.hub.canister_allowed(canister_id):
@@ -185,7 +188,7 @@ class ClientSession(WSListener):  # type: ignore[misc]
     def deliver(self, frame: bytes) -> None:
         """Send one certified canister message; a client that cannot keep up is closed, never waited for."""
         transport = self.transport
-        if transport is None or self.state is SessionState.CLOSED:
+        if transport is None or self._closing or self.state is SessionState.CLOSED:
             return
         if transport.underlying_transport.get_write_buffer_size() > self.hub.config.send_buffer_high_water:
             self._close_reason = "slow_client"
@@ -200,11 +203,12 @@ class ClientSession(WSListener):  # type: ignore[misc]
 
     # --- closing -------------------------------------------------------------------------------------
 
-    def close_from_gateway(self, code: int, reason: str) -> None:
+    def close_from_gateway(self, code: WSCloseCode, reason: str) -> None:
         """Close with a code and reason; the rest of the cleanup happens in on_ws_disconnected."""
         transport = self.transport
-        if transport is None or transport.is_close_frame_sent:
+        if transport is None or self._closing or transport.is_close_frame_sent:
             return
+        self._closing = True
         if self._close_reason == "client_close":
             self._close_reason = _REASON_BY_CODE.get(code, "server_error")
         transport.send_close(code, reason.encode()[:123])
@@ -222,7 +226,7 @@ class ClientSession(WSListener):  # type: ignore[misc]
             self._close_reason = "open_timeout"
             self.close_from_gateway(WSCloseCode.POLICY_VIOLATION, "no ws_open call arrived in time")
 
-    def _reject(self, code: int, reason: str) -> None:
+    def _reject(self, code: WSCloseCode, reason: str) -> None:
         log.info("closing client %s: %s", self.peer, reason)
         self._close_reason = "protocol_error"
         self.close_from_gateway(code, reason)

@@ -5,6 +5,11 @@ in the CDK (or one of the app's exported methods) as the given caller, and encod
 behaves like the wasm canister would towards the replica: undecodable arguments and traps reject the
 call with IC0503, unknown methods with IC0536, and `ws_get_messages` run as an update traps as soon
 as it needs the data certificate.
+
+Two things a wasm canister does that this one does not: a trap does not roll back the state changes
+made earlier in the same call (the Rust CDK's would be undone; Motoko keeps what it wrote before an
+await, as here), and state changed by a query method is kept. The CDK's own methods never rely on
+either: its errors are `Err` replies that keep their changes on the IC too, and its query is read-only.
 """
 
 from __future__ import annotations
@@ -83,11 +88,15 @@ WS_METHODS: dict[str, MethodSpec] = {
 
 
 def canister_id_for_index(index: int) -> bytes:
-    """The id of the index-th canister (0-based) created on a local replica: the 8-byte big-endian
-    index followed by 0x01 0x01 (index 0 is rrkah-fqaaa-aaaaa-aaaaq-cai)."""
-    if not 0 <= index < 1 << 64:
+    """The id of the index-th canister (0-based) the emulator creates.
+
+    Canister ids are an 8-byte big-endian counter followed by 0x01 0x01. Like a local dfx replica,
+    the first canister gets counter 1 (rrkah-fqaaa-aaaaa-aaaaq-cai), the second counter 2
+    (ryjl3-tyaaa-aaaaa-aaaba-cai), and so on; counter 0 (rwlgt-iiaaa-aaaaa-aaaaa-cai) is not used.
+    """
+    if not 0 <= index < (1 << 64) - 1:
         raise ValueError(f"canister index out of range: {index}")
-    return index.to_bytes(8, "big") + b"\x01\x01"
+    return (index + 1).to_bytes(8, "big") + b"\x01\x01"
 
 
 def render_candid_interface(app: WsApp) -> str:

@@ -84,6 +84,8 @@ class CanisterClock:
         if delta_ns < 0:
             raise ValueError("time cannot go backwards")
         self.offset_ns += delta_ns
+        # A loop wake-up armed before the jump is now too late: re-arm it from the new time.
+        self._disarm()
         self.run_due_timers(raise_errors=True)
 
     def advance_ms(self, delta_ms: int) -> None:

@@ -50,6 +50,9 @@ pub enum CertError {
     TooOld(String),
     #[error("{0}")]
     FromTheFuture(String),
+    /// Data that claims to be certified by the certificate but is not (a witness or a message).
+    #[error("not certified: {0}")]
+    NotCertified(String),
 }
 
 impl From<CertError> for PyErr {
