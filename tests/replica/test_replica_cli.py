@@ -18,6 +18,7 @@ import pytest
 
 from icgw import core
 from icgw.replica.canister import canister_id_for_index
+from icgw.replica.config import ConfigError, ReplicaConfig, read_secret_key_file
 
 from .conftest import KEYS, VECTOR_ROOT_SECRET, lookup
 
@@ -210,3 +211,25 @@ async def test_a_busy_port_fails_at_start() -> None:
         assert stdout == b""
         assert "cannot start the replica" in stderr.decode()
         await first.stop()
+
+
+def test_a_config_for_a_url() -> None:
+    config = ReplicaConfig.for_url("http://127.0.0.1:4999", canisters=3)
+    assert (config.host, config.port, config.canisters) == ("127.0.0.1", 4999, 3)
+    assert ReplicaConfig.for_url("http://[::1]:0").host == "::1"
+    for bad in ("https://127.0.0.1:4943", "127.0.0.1:4943", "http://127.0.0.1:99999"):
+        with pytest.raises(ConfigError):
+            ReplicaConfig.for_url(bad)
+
+
+def test_secret_key_files_hold_raw_or_hex_keys(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    for content in (VECTOR_ROOT_SECRET, b"0x" + VECTOR_ROOT_SECRET.hex().encode() + b"\n"):
+        path.write_bytes(content)
+        assert read_secret_key_file(path, "root key") == VECTOR_ROOT_SECRET
+    for content, message in ((b"abcd", "has 2 bytes"), (b"not hex at all", "expected 32 raw bytes")):
+        path.write_bytes(content)
+        with pytest.raises(ConfigError, match=message):
+            read_secret_key_file(path, "root key")
+    with pytest.raises(ConfigError, match="not a valid BLS scalar"):
+        ReplicaConfig(root_key_secret=b"\xff" * 32)

@@ -13,7 +13,8 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from icgw import core
 
@@ -151,9 +152,20 @@ class ReplicaConfig:
             if not 0 < scalar < BLS_GROUP_ORDER:
                 raise ConfigError("the root key secret is not a valid BLS scalar (0 < key < group order)")
 
-    @property
-    def url_host(self) -> str:
-        return f"[{self.host}]" if ":" in self.host else self.host
+    @classmethod
+    def for_url(cls, url: str, **settings: Any) -> ReplicaConfig:
+        """A config that listens where `url` (`http://host:port`) points; other fields from `settings`.
+
+        For a gateway that embeds the emulator at its own `--ic-network-url`.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ConfigError(f"the emulator serves plain http://host:port URLs, not {url!r}")
+        try:
+            port = parts.port if parts.port is not None else 80
+        except ValueError:
+            raise ConfigError(f"invalid port in {url!r}") from None
+        return cls(host=parts.hostname, port=port, **settings)
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
