@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from icgw import core
-from icgw.replica import Replica
+from icgw.replica import Replica, merkle
 from icgw.replica.clock import ManualClock
 from icgw.replica.config import ReplicaConfig
 from icgw.replica.interfaces import CanisterHost, HostedCanister, MethodKind, Outcome, Reject, Reply
@@ -283,6 +283,22 @@ def certificate_tree(certificate: bytes) -> bytes:
     decoded = core.cbor_decode(certificate)
     assert isinstance(decoded, dict)
     return core.cbor_encode(decoded["tree"])
+
+
+def _tuple_tree(node: Any) -> tuple[Any, ...]:
+    kind = node[0]
+    if kind == 1:
+        return ("fork", _tuple_tree(node[1]), _tuple_tree(node[2]))
+    if kind == 2:
+        return ("labeled", node[1], _tuple_tree(node[2]))
+    return {0: ("empty",), 3: ("leaf", *node[1:]), 4: ("pruned", *node[1:])}[kind]
+
+
+def check_well_formed(certificate: bytes) -> None:
+    """Raise unless the certificate's tree is one a replica produces: sorted labels, no Empty in a Fork."""
+    decoded = core.cbor_decode(certificate)
+    assert isinstance(decoded, dict)
+    merkle.check_well_formed(_tuple_tree(decoded["tree"]))
 
 
 def lookup(certificate: bytes, *path: bytes) -> tuple[str, bytes | None]:

@@ -15,7 +15,16 @@ from icgw.replica import Replica
 from icgw.replica.clock import ManualClock
 from icgw.replica.config import FaultConfig, ReplicaConfig
 from icgw.replica.interfaces import Outcome, Reject, Reply
-from icgw.replica.state import TERMINAL_STATUS_KEPT_NS
+from icgw.replica.state import (
+    STATE_ROOT_DOMAIN,
+    TERMINAL_STATUS_KEPT_NS,
+    IngressRecord,
+    SmallMap,
+    SubnetInfo,
+    leb128,
+    request_status_subtree,
+    subnet_subtrees,
+)
 
 from .conftest import (
     ANONYMOUS,
@@ -32,6 +41,7 @@ from .conftest import (
     Response,
     TestAgent,
     candid_text,
+    check_well_formed,
     decode_candid_text,
     echo_canister_id,
     lookup,
@@ -57,6 +67,7 @@ def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
 
 def verify(replica: Replica, certificate: bytes, **scope: Any) -> None:
     core.verify_certificate(certificate, replica.root_key_der, now_ns=replica.clock.now_ns(), **scope)
+    check_well_formed(certificate)
 
 
 async def sync_call(agent: TestAgent, method: str, arg: bytes = b"", **kw: Any) -> tuple[bytes, bytes]:
@@ -462,6 +473,55 @@ async def test_a_call_certificate_reproduces_the_synthetic_request_status() -> N
             assert _labeled(tree, b"request_status") == _labeled(vector_tree, b"request_status")
     finally:
         await replica.stop()
+
+
+def _signed_certificate(tree: SmallMap) -> bytes:
+    """A certificate of exactly `tree`, signed with the vectors' root key."""
+    signature = core.bls_sign(VECTOR_ROOT_SECRET, STATE_ROOT_DOMAIN + tree.digest())
+    return core.cbor_encode({"tree": tree.render(None), "signature": signature})
+
+
+def test_the_state_tree_builders_reproduce_the_synthetic_certificates() -> None:
+    """The synthetic certificates each hold a whole (tiny) state tree; the emulator's builders for
+    those parts, its tree shapes and its certificate encoding give the same bytes."""
+    root_key = bytes.fromhex(SYNTHETIC["keys"]["emulator_root_key_der_hex"])
+    node_key = bytes.fromhex(SYNTHETIC["keys"]["node_ed25519_public_der_hex"])
+    vector = SYNTHETIC["synthetic_subnet_certificate"]
+    subnet = SubnetInfo(
+        subnet_id=core.self_authenticating_principal(root_key),
+        public_key_der=root_key,
+        node_id=core.self_authenticating_principal(node_key),
+        node_public_key_der=node_key,
+        canister_ranges=(
+            (bytes.fromhex(vector["canister_range"][0]), bytes.fromhex(vector["canister_range"][1])),
+        ),
+    )
+    assert subnet.subnet_id.hex() == vector["subnet_id_hex"]
+    tree = SmallMap(
+        [(b"subnet", subnet_subtrees(subnet)[b"subnet"]), (b"time", leb128(int(vector["time_ns"])))]
+    )
+    certificate = _signed_certificate(tree)
+    assert certificate.hex() == vector["certificate_cbor_hex"]
+    assert core.cbor_encode({"certificate": certificate}).hex() == vector["read_state_response_body_cbor_hex"]
+
+    vector = SYNTHETIC["synthetic_call_certificate"]
+    record = IngressRecord(
+        request_id=bytes.fromhex(vector["request_id_hex"]),
+        sender=ANONYMOUS,
+        canister_id=VECTOR_CANISTER,
+        method_name="greet",
+        arg=b"",
+        ingress_expiry=0,
+        status="replied",
+        outcome=Reply(VECTOR_REPLY),
+    )
+    statuses = SmallMap([(record.request_id, request_status_subtree(record))])
+    tree = SmallMap([(b"request_status", statuses), (b"time", leb128(int(vector["time_ns"])))])
+    assert tree.digest().hex() == vector["root_hash_hex"]
+    certificate = _signed_certificate(tree)
+    assert certificate.hex() == vector["certificate_cbor_hex"]
+    body = core.cbor_encode({"status": "replied", "certificate": certificate})
+    assert body.hex() == vector["v3_call_response_body_cbor_hex"]
 
 
 def _labeled(tree: Any, label: bytes) -> Any:

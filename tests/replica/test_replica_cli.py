@@ -17,10 +17,13 @@ import orjson
 import pytest
 
 from icgw import core
-from icgw.replica.canister import canister_id_for_index
+from icgw.replica import Replica
+from icgw.replica.canister import Canister, canister_id_for_index
+from icgw.replica.cdk import WsInitParams
 from icgw.replica.config import ConfigError, ReplicaConfig, read_secret_key_file
+from icgw.replica.test_canister import SilentTestCanister, TestCanister
 
-from .conftest import KEYS, VECTOR_ROOT_SECRET, lookup
+from .conftest import KEYS, VECTOR_ROOT_SECRET, lookup, make_config
 
 STARTUP_TIMEOUT_S = 30
 EXIT_TIMEOUT_S = 15
@@ -233,3 +236,21 @@ def test_secret_key_files_hold_raw_or_hex_keys(tmp_path: Path) -> None:
             read_secret_key_file(path, "root key")
     with pytest.raises(ConfigError, match="not a valid BLS scalar"):
         ReplicaConfig(root_key_secret=b"\xff" * 32)
+
+
+@pytest.mark.parametrize("app", [None, "icgw.replica.test_canister:SilentTestCanister"])
+async def test_canister_options_reach_the_cdk(app: str | None) -> None:
+    config = make_config(
+        canisters=2, flavor="motoko", max_returned_messages=3, ack_interval_ms=70_000, app=app
+    )
+    replica = Replica(config)
+    await replica.start()
+    try:
+        for canister_id in replica.canister_ids:
+            canister = replica.canisters[canister_id]
+            assert isinstance(canister, Canister)
+            assert canister.cdk.flavor == "motoko"
+            assert canister.cdk.params == WsInitParams(3, 70_000)
+            assert type(canister.app) is (TestCanister if app is None else SilentTestCanister)
+    finally:
+        await replica.stop()

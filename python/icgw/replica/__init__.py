@@ -102,6 +102,7 @@ class Replica:
         self._pending_calls: deque[tuple[float, IngressRecord]] = deque()
         self._clean_tasks: list[Callable[[], None]] = []
         self._status_waiters: dict[bytes, list[asyncio.Future[bytes | None]]] = {}
+        self._certified_data_changes: set[bytes] = set()
         self._round_handle: asyncio.TimerHandle | None = None
         self._next_round_at = 0.0
         # The canister whose query is running on clean state (it may ask for its data certificate).
@@ -193,7 +194,7 @@ class Replica:
                 )
             self._canisters[canister.canister_id] = canister
             self._state.add_canister(canister.canister_id, canister.certified_data, canister.candid_interface)
-        self._state.certify(self._clock.now_ns())
+        self._certify()
         host, port = await self._server.start(self.config.host, self.config.port)
         self.port = port
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -225,9 +226,12 @@ class Replica:
     # --- CanisterHost: the canisters' view of their replica -----------------------------------------
 
     def certified_data_changed(self, canister_id: bytes) -> None:
-        canister = self._canisters.get(canister_id)
-        if canister is not None:  # during construction the initial value is read once it exists
-            self._state.set_certified_data(canister_id, canister.certified_data)
+        # The new value is read when the round certifies: a canister may compute it lazily, and a
+        # burst of changes then costs one computation. During construction the canister is not
+        # registered yet; its initial value is read when it is.
+        if canister_id in self._canisters:
+            self._certified_data_changes.add(canister_id)
+            self._state.invalidate()
 
     def data_certificate(self, canister_id: bytes) -> bytes:
         if self._query_canister != canister_id:
@@ -243,6 +247,12 @@ class Replica:
             or certified is None
             or self._clock.now_ns() - certified.time_ns > CERTIFICATE_REFRESH_NS
         )
+
+    def _certify(self) -> None:
+        for canister_id in self._certified_data_changes:
+            self._state.set_certified_data(canister_id, self._canisters[canister_id].certified_data)
+        self._certified_data_changes.clear()
+        self._state.certify(self._clock.now_ns())
 
     def _run_clean(self, task: Callable[[], None]) -> None:
         if not self._needs_certification():
@@ -273,7 +283,7 @@ class Replica:
             if self._execute(record):
                 completed.append(record.request_id)
         if self._needs_certification():
-            self._state.certify(self._clock.now_ns())
+            self._certify()
         for request_id in completed:
             waiters = self._status_waiters.pop(request_id, None)
             if waiters:

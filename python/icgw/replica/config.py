@@ -215,7 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--fault-timeout-hold-ms", type=int, default=30_000, help="how long an unanswered request is held")
     opt("--allow-admin", action="store_true", default=False, help="serve /_admin/* (time control)")
     opt("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body limit (413 above)")
-    opt("--log-level", default="info", help="debug logs one line per request (default info)")
+    opt(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="debug logs one line per request (default info)",
+    )
     return p
 
 

@@ -359,6 +359,25 @@ class Certified:
     signature: bytes
 
 
+def subnet_subtrees(subnet: SubnetInfo) -> dict[bytes, SmallMap]:
+    """The top-level `subnet` and `canister_ranges` maps of a subnet (both range layouts)."""
+    ranges = core.cbor_encode([[lo, hi] for lo, hi in subnet.canister_ranges])
+    node = SmallMap([(subnet.node_id, SmallMap([(b"public_key", subnet.node_public_key_der)]))])
+    subnet_map = SmallMap(
+        [
+            (b"canister_ranges", ranges),
+            (b"node", node),
+            (b"public_key", subnet.public_key_der),
+        ]
+    )
+    # Sharded layout: one shard per range, labelled by the range's first canister id.
+    shards = SmallMap((lo, core.cbor_encode([[lo, hi]])) for lo, hi in subnet.canister_ranges)
+    return {
+        b"subnet": SmallMap([(subnet.subnet_id, subnet_map)]),
+        b"canister_ranges": SmallMap([(subnet.subnet_id, shards)]),
+    }
+
+
 class CertifiedState:
     """The state tree, its changes since the last certification, and certificates for parts of it."""
 
@@ -371,27 +390,9 @@ class CertifiedState:
         self._round = 0
         self._dirty = True
         self.certified: Certified | None = None
-        self._static = self._subnet_subtrees(subnet)
+        self._static = subnet_subtrees(subnet)
         # Certificates asked for repeatedly within one round (data certificates for every poll).
         self._certificate_cache: dict[tuple[tuple[bytes, ...], ...], bytes] = {}
-
-    @staticmethod
-    def _subnet_subtrees(subnet: SubnetInfo) -> dict[bytes, SmallMap]:
-        ranges = core.cbor_encode([[lo, hi] for lo, hi in subnet.canister_ranges])
-        node = SmallMap([(subnet.node_id, SmallMap([(b"public_key", subnet.node_public_key_der)]))])
-        subnet_map = SmallMap(
-            [
-                (b"canister_ranges", ranges),
-                (b"node", node),
-                (b"public_key", subnet.public_key_der),
-            ]
-        )
-        # Sharded layout: one shard per range, labelled by the range's first canister id.
-        shards = SmallMap((lo, core.cbor_encode([[lo, hi]])) for lo, hi in subnet.canister_ranges)
-        return {
-            b"subnet": SmallMap([(subnet.subnet_id, subnet_map)]),
-            b"canister_ranges": SmallMap([(subnet.subnet_id, shards)]),
-        }
 
     # --- changes ----------------------------------------------------------------------------------
 
@@ -404,6 +405,10 @@ class CertifiedState:
         self._canisters.set(
             canister_id, SmallMap([(b"certified_data", certified_data), (b"metadata", metadata)])
         )
+        self._dirty = True
+
+    def invalidate(self) -> None:
+        """Something certified is about to change: the next certificate needs a new certification."""
         self._dirty = True
 
     def set_certified_data(self, canister_id: bytes, certified_data: bytes) -> None:
