@@ -906,6 +906,9 @@ async def test_malformed_http_is_400_and_closes(replica: Replica) -> None:
     assert b"malformed HTTP request" in raw
     raw = await _raw_exchange(replica, b"GET /api/v2/status HTTP/1.1\r\nContent-Length: nope\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 400 ")
+    raw = await _raw_exchange(replica, b"GET http://[bad HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 400 ")
+    assert b"invalid request target" in raw
 
 
 async def test_chunked_bodies_and_expect_continue(agent: TestAgent, replica: Replica) -> None:

@@ -191,7 +191,14 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        url = httptools.parse_url(self._url)
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            slot = _Slot(keep_alive=False)
+            slot.response = HttpResponse.text(400, f"invalid request target {self._url!r}\n")
+            self._pending.append(slot)
+            self._flush()
+            return
         path = url.path.decode("latin-1")
         query = url.query.decode("latin-1") if url.query else ""
         method = self._parser.get_method().decode("latin-1")
