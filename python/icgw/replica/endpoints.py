@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from icgw import core
 from icgw.replica.admin import AdminEndpoints
@@ -179,7 +179,9 @@ class IcEndpoints:
                     if fault is not None:
                         return self._faults.respond(fault)
                 try:
-                    return self._api(request, version, scope, effective_id, kind)  # type: ignore[arg-type]
+                    return self._api(
+                        request, version, cast(Scope, scope), effective_id, cast(RequestType, kind)
+                    )
                 except _BadRequest as e:
                     return e.response
         elif request.path == "/api/v2/status":

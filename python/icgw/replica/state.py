@@ -28,7 +28,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias, Union
 
@@ -128,21 +129,18 @@ def render_subtree(subtree: Subtree, reveal: Reveal) -> Tree:
     return subtree.render(None if isinstance(reveal, str) else reveal)
 
 
-class LabeledMap:
+class LabeledMap(ABC):
     """A map from labels to subtrees (leaf values or maps), rendered as forks of labeled nodes."""
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
-    def get(self, label: bytes) -> Subtree | None:
-        raise NotImplementedError
+    @abstractmethod
+    def digest(self) -> bytes: ...
 
-    def digest(self) -> bytes:
-        raise NotImplementedError
-
+    @abstractmethod
     def render(self, request: PathSet | None) -> Tree:
         """The witness revealing `request` (None: everything); the map must not be empty."""
-        raise NotImplementedError
 
 
 def _absence_neighbours(labels: Sequence[bytes], missing: bytes) -> list[bytes]:
@@ -163,17 +161,11 @@ class SmallMap(LabeledMap):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._entries)
-
     def get(self, label: bytes) -> Subtree | None:
         return self._entries.get(label)
 
     def set(self, label: bytes, subtree: Subtree) -> None:
         self._entries[label] = subtree
-
-    def remove(self, label: bytes) -> None:
-        self._entries.pop(label, None)
 
     def _sorted(self) -> list[tuple[bytes, Subtree]]:
         return sorted(self._entries.items())
@@ -265,21 +257,15 @@ class LargeMap(LabeledMap):
 
     def __init__(self) -> None:
         self._map = CertifiedMap()
-        self._values: dict[bytes, SmallMap] = {}
 
     def __len__(self) -> int:
-        return len(self._values)
-
-    def get(self, label: bytes) -> Subtree | None:
-        return self._values.get(label)
+        return len(self._map)
 
     def set(self, label: bytes, value: SmallMap) -> None:
-        self._values[label] = value
         self._map.set(label, _as_tuple_tree(value.render(None)))
 
     def remove(self, label: bytes) -> None:
-        if self._values.pop(label, None) is not None:
-            self._map.delete(label)
+        self._map.delete(label)
 
     def digest(self) -> bytes:
         return self._map.root_hash()
@@ -480,9 +466,6 @@ class IngressHistory:
         # (due canister time, sequence, request id): when a record is due to become done or pruned.
         self._timeline: list[tuple[int, int, bytes]] = []
         self._seq = 0
-
-    def __len__(self) -> int:
-        return len(self._records)
 
     def get(self, request_id: bytes) -> IngressRecord | None:
         return self._records.get(request_id)
