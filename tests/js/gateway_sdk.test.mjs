@@ -6,9 +6,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { Actor, AnonymousIdentity, HttpAgent } from '@dfinity/agent';
-import IcWebSocket, { createWsConfig, generateRandomIdentity } from 'ic-websocket-js';
+import icWebSocketJs from 'ic-websocket-js';
 
 import { idlFactory } from './ws_idl.mjs';
+
+// The package ships CommonJS to Node, so its names are properties of the default import.
+const { IcWebSocket } = icWebSocketJs;
+const { createWsConfig, generateRandomIdentity } = icWebSocketJs;
 
 const gatewayUrl = process.env.GATEWAY_URL;
 const icUrl = process.env.IC_URL;
