@@ -31,6 +31,7 @@ from icgw.core import (
 from icgw.gateway.app import GatewayRuntime
 from icgw.ic.agent import IcAgent
 from icgw.replica import Replica, ReplicaConfig
+from icgw.replica.canister import canister_id_for_index
 from icgw.replica.clock import ManualClock
 from icgw.wsclient import (
     CLOSE_BY_APPLICATION,
@@ -319,3 +320,33 @@ async def drain(client: IcWebSocketClient) -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_gateway_with_its_embedded_replica(tmp_path: Path) -> None:
+    """`python -m icgw --embedded-replica`: the gateway starts the emulator at its own IC URL (port 0)."""
+    gateway = GatewayRuntime(
+        GatewayConfig(
+            gateway_address=SocketAddress("127.0.0.1", 0),
+            ic_network_url="http://127.0.0.1:0",
+            polling_interval_ms=10,
+            prometheus_endpoint=None,
+            data_dir=tmp_path,
+            embedded_replica=True,
+        )
+    )
+    await gateway.start()
+    try:
+        client = await IcWebSocketClient.connect(
+            f"ws://127.0.0.1:{gateway.port}", canister_id_for_index(0), ic_url=gateway.ic_url
+        )
+        await asyncio.wait_for(client.open(), 10)
+        ping = await asyncio.wait_for(client.receive(), 10)
+        assert ping.app_message is not None
+        assert ping.app_message["text"] == "ping"
+        await client.send_app_message("pong")
+        reply = await asyncio.wait_for(client.receive(), 10)
+        assert reply.app_message is not None
+        assert reply.app_message["text"] == "pong ping"
+        await client.close()
+    finally:
+        await gateway.stop()
