@@ -79,6 +79,15 @@ class FakeConnection(WSListener):
         for frame in frames:
             self.transport.send(WSMsgType.BINARY, frame)
 
+    def send_fragmented(self, frame: bytes, pieces: int) -> None:
+        """One message split over a BINARY frame and CONTINUATION frames."""
+        assert self.transport is not None
+        size = -(-len(frame) // pieces)
+        chunks = [frame[i : i + size] for i in range(0, len(frame), size)]
+        for index, chunk in enumerate(chunks):
+            msg_type = WSMsgType.BINARY if index == 0 else WSMsgType.CONTINUATION
+            self.transport.send(msg_type, chunk, fin=index == len(chunks) - 1)
+
     def send_text(self, text: str) -> None:
         assert self.transport is not None
         self.transport.send(WSMsgType.TEXT, text.encode())

@@ -217,6 +217,15 @@ async def test_application_messages_arrive_in_order(gateway: FakeGateway) -> Non
     await client.close()
 
 
+async def test_fragmented_messages_are_reassembled(gateway: FakeGateway) -> None:
+    client, conn, canister = await opened(gateway)
+    payload = encode_app_message("in pieces", 1)
+    (frame,) = canister.frames(canister.app_content(payload))
+    conn.send_fragmented(frame, 3)
+    assert (await asyncio.wait_for(client.receive(), 5)).content == payload
+    await client.close()
+
+
 async def test_send_is_the_sdks_ws_message(gateway: FakeGateway) -> None:
     client, conn, _ = await opened(gateway)
     assert await client.send_app_message("hi", 42) == 1
