@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds each scenario may take")
     p.add_argument("--json", type=Path, default=None, help="write every figure here (JSON)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy profiles of the gateway and replica into this folder",
+    )
     p.add_argument("--keep-logs", action="store_true", help="keep the process logs (printed path)")
     return p
 
@@ -103,6 +109,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         generators=args.generators,
         verify=args.verify,
         timeout_s=args.timeout,
+        profile_dir=str(args.profile.resolve()) if args.profile else None,
     )
 
 

@@ -21,6 +21,7 @@ from benches.relay.bare_relay import LimitBackend, downstream_batches
 from benches.relay.canister import UPSTREAM_PREFIX
 from benches.relay.control import all_expect
 from benches.relay.procs import Managed, ProcessFailed, bench_env, log_tail, start_process
+from benches.relay.profile import Recording
 from benches.relay.settings import Settings
 from benches.relay.stack import GeneratorPool, IcStack, ic_stack, push_messages, upstream_report
 from benches.relay.stats import summarize_ms
@@ -97,11 +98,10 @@ async def downstream(settings: Settings, workdir: Path) -> Figures:
         expected = clients * k
         await pool.all("downstream", "armed", 30, messages=k, timeout_s=settings.timeout_s)
         blobs = [app_message(f"d {i}", settings.payload_bytes, time.time_ns()) for i in range(k)]
-        cpu = _CpuWindow(stack, pool)
-        started_ns = time.time_ns()
-        push_s = await push_messages(stack.replica.url, stack.replica.canister_id, principals, blobs)
-        done = await _all_expect(pool, "done", settings.timeout_s + 30)
-        used = cpu.stop()
+        async with Window(stack, pool, settings, "downstream") as window:
+            started_ns = time.time_ns()
+            push_s = await push_messages(stack.replica.url, stack.replica.canister_id, principals, blobs)
+            done = await _all_expect(pool, "done", settings.timeout_s + 30)
         stack.check_alive()
     received = sum(d["received"] for d in done)
     last_ns = max(d["last_ns"] for d in done)
@@ -124,7 +124,7 @@ async def downstream(settings: Settings, workdir: Path) -> Figures:
         "mean_frame_bytes": frame_bytes / frames if frames else math.nan,
         "throughput_mib_s": frame_bytes / elapsed_s / 2**20 if elapsed_s > 0 else math.nan,
         "latency": summarize_ms(ns for d in done for ns in d["latencies_ns"]),
-        **_cpu_figures(used, received),
+        **window.figures(received),
     }
 
 
@@ -148,12 +148,12 @@ async def upstream(settings: Settings, workdir: Path) -> Figures:
         agent = IcAgent(stack.replica.url)
         try:
             before = await upstream_report(agent, stack.replica.canister_id)
-            cpu = _CpuWindow(stack, pool)
-            started_ns = time.time_ns()
-            pool.send("go")
-            sent = await _all_expect(pool, "sent", settings.timeout_s)
-            report = await _wait_for_upstream(agent, stack, before["received"] + expected, settings.timeout_s)
-            used = cpu.stop()
+            async with Window(stack, pool, settings, "upstream") as window:
+                started_ns = time.time_ns()
+                pool.send("go")
+                sent = await _all_expect(pool, "sent", settings.timeout_s)
+                target = before["received"] + expected
+                report = await _wait_for_upstream(agent, stack, target, settings.timeout_s)
         finally:
             await agent.close()
         stack.check_alive()
@@ -173,7 +173,7 @@ async def upstream(settings: Settings, workdir: Path) -> Figures:
         "send_s": max(s["last_ns"] for s in sent) / 1e9 - started_ns / 1e9,
         "elapsed_s": elapsed_s,
         "rate_msg_s": received / elapsed_s if elapsed_s > 0 else math.nan,
-        **_cpu_figures(used, received),
+        **window.figures(received),
     }
 
 
@@ -199,11 +199,14 @@ async def pingpong(settings: Settings, workdir: Path) -> Figures:
     n = settings.pingpong_clients
     async with ic_stack(settings, workdir) as stack, _generators(settings, stack, workdir) as pool:
         opened = _opened(await pool.open(n, settings.open_window, settings.timeout_s))
-        cpu = _CpuWindow(stack, pool)
-        done = await pool.all(
-            "pingpong", "done", settings.timeout_s + 30, rounds=settings.rounds, timeout_s=settings.timeout_s
-        )
-        used = cpu.stop()
+        async with Window(stack, pool, settings, "pingpong") as window:
+            done = await pool.all(
+                "pingpong",
+                "done",
+                settings.timeout_s + 30,
+                rounds=settings.rounds,
+                timeout_s=settings.timeout_s,
+            )
         stack.check_alive()
     rtts = [ns for d in done for ns in d["rtts_ns"]]
     client_errors = _merge_errors(done, "client_errors")
@@ -221,7 +224,7 @@ async def pingpong(settings: Settings, workdir: Path) -> Figures:
         "round_trip": summarize_ms(rtts),
         "receive_latency": summarize_ms(ns for d in done for ns in d["latencies_ns"]),
         "elapsed_s": max(d["elapsed_s"] for d in done),
-        **_cpu_figures(used, len(rtts)),
+        **window.figures(len(rtts)),
     }
 
 
@@ -274,9 +277,8 @@ async def open_rate(settings: Settings, workdir: Path) -> Figures:
     async with ic_stack(settings, workdir) as stack, _generators(settings, stack, workdir) as pool:
         await pool.open(min(WARMUP_CONNECTIONS, total // 10), settings.open_window, settings.timeout_s)
         await asyncio.sleep(SETTLE_S)
-        cpu = _CpuWindow(stack, pool)
-        opened = _opened(await pool.open(total, settings.open_window, settings.timeout_s))
-        used = cpu.stop()
+        async with Window(stack, pool, settings, "open-rate") as window:
+            opened = _opened(await pool.open(total, settings.open_window, settings.timeout_s))
         stack.check_alive()
     return {
         "connections": opened["opened"],
@@ -287,7 +289,7 @@ async def open_rate(settings: Settings, workdir: Path) -> Figures:
         "rate_per_s": opened["opened"] / opened["elapsed_s"] if opened["elapsed_s"] > 0 else math.nan,
         "latency": opened["latency"],
         "errors": opened["errors"],
-        **_cpu_figures(used, opened["opened"], unit="open"),
+        **window.figures(opened["opened"], unit="open"),
     }
 
 
@@ -430,13 +432,17 @@ async def _all_expect(pool: GeneratorPool, event: str, timeout_s: float) -> list
     return await all_expect(pool.generators, event, timeout_s)
 
 
-class _CpuWindow:
-    """CPU seconds of the gateway, the replica and the generators over a measured window."""
+class Window:
+    """The measured window of a scenario: CPU seconds of the gateway, the replica and the generators
+    between entering and leaving it, and (with --profile) py-spy profiles of the first two."""
 
-    def __init__(self, stack: IcStack, pool: GeneratorPool) -> None:
+    def __init__(self, stack: IcStack, pool: GeneratorPool, settings: Settings, name: str) -> None:
         self.stack, self.pool = stack, pool
-        self.start = self._read()
-        self.started = time.perf_counter()
+        self.profile_dir = Path(settings.profile_dir) if settings.profile_dir else None
+        self.name = name
+        self.used: dict[str, float] = {}
+        self.profiles: dict[str, Any] = {}
+        self._recordings: dict[str, Recording] = {}
 
     def _read(self) -> tuple[float, float, float]:
         return (
@@ -445,14 +451,38 @@ class _CpuWindow:
             self.pool.cpu_seconds(),
         )
 
-    def stop(self) -> dict[str, float]:
+    async def __aenter__(self) -> Window:
+        if self.profile_dir is not None:
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+            for role, managed in (
+                ("gateway", self.stack.gateway.managed),
+                ("replica", self.stack.replica.managed),
+            ):
+                output = self.profile_dir / f"{self.name}-{role}.txt"
+                self._recordings[role] = await Recording.start(managed.pid, output)
+            await asyncio.sleep(0.2)  # py-spy attaches
+        self._start = self._read()
+        self._started = time.perf_counter()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
         end = self._read()
-        return {
-            "wall_s": time.perf_counter() - self.started,
-            "gateway_s": end[0] - self.start[0],
-            "replica_s": end[1] - self.start[1],
-            "generators_s": end[2] - self.start[2],
+        self.used = {
+            "wall_s": time.perf_counter() - self._started,
+            "gateway_s": end[0] - self._start[0],
+            "replica_s": end[1] - self._start[1],
+            "generators_s": end[2] - self._start[2],
         }
+        for role, recording in self._recordings.items():
+            summary = await recording.stop()
+            if summary is not None:
+                self.profiles[role] = summary
+
+    def figures(self, messages: int, unit: str = "msg") -> Figures:
+        figures = _cpu_figures(self.used, messages, unit)
+        if self.profiles:
+            figures["profile"] = self.profiles
+        return figures
 
 
 def _cpu_figures(used: dict[str, float], messages: int, unit: str = "msg") -> Figures:

@@ -33,6 +33,7 @@ class Settings:
     generators: int = 1
     verify: bool = True
     timeout_s: float = 300.0  # per scenario
+    profile_dir: str | None = None  # py-spy profiles of the gateway and the replica go here
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
