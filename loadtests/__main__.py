@@ -18,7 +18,7 @@ from pathlib import Path
 import uvloop
 from benches.relay.procs import REPO_ROOT, bench_env, start_gateway, start_replica
 
-from loadtests.locustfile import PHASES
+from loadtests.phases import phases_duration_s, total_arrivals
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 # Beyond the phases and the users' grace to finish: locust's own start-up and shut-down.
@@ -33,10 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="folder for the CSV and HTML reports")
     p.add_argument("--no-verify", action="store_true", help="users skip certificate verification")
     return p
-
-
-def expected_users(phases: str) -> int:
-    return sum(duration * rate for duration, rate in PHASES[phases])
 
 
 def completed_sessions(csv_prefix: Path) -> tuple[int, int]:
@@ -83,7 +79,7 @@ async def run(args: argparse.Namespace, out: Path) -> int:
                 *(["--no-verify"] if args.no_verify else []),
             ]
             process = await asyncio.create_subprocess_exec(*command, cwd=REPO_ROOT, env=bench_env())
-            limit = sum(duration for duration, _ in PHASES[phases]) + RUN_MARGIN_S
+            limit = phases_duration_s(phases) + RUN_MARGIN_S
             try:
                 code = await asyncio.wait_for(process.wait(), limit)
             except TimeoutError:
@@ -96,7 +92,7 @@ async def run(args: argparse.Namespace, out: Path) -> int:
     finally:
         await replica.managed.stop()
     sessions, failed = completed_sessions(csv_prefix)
-    expected = expected_users(phases)
+    expected = total_arrivals(phases)
     print(f"sessions: {sessions} of {expected} users, {failed} failed; reports in {out}")
     if code != 0:
         return code

@@ -28,13 +28,9 @@ from locust.env import Environment
 from icgw.core import principal_from_text
 from icgw.wsclient.verify import MessageVerifier
 from loadtests.icws import IcWebSocketSession, fetch_root_key
+from loadtests.phases import PHASES, phases_duration_s, target, total_arrivals
 
 REQUEST_TYPE = "IC-WS"
-# (duration s, arrivals per second) of each phase: the reference's gateway_load_tests.yml, and a short form.
-PHASES = {
-    "artillery": ((5, 1), (30, 5), (5, 1)),
-    "short": ((2, 1), (10, 5), (2, 1)),
-}
 # After the last arrival, how long users get to finish before the test stops anyway.
 FINISH_GRACE_S = 60.0
 
@@ -150,14 +146,12 @@ class ArrivalPhases(LoadTestShape):
     def tick(self) -> tuple[int, float] | None:
         runner = self.runner
         options = runner.environment.parsed_options if runner is not None else None
-        phases = PHASES[options.phases if options is not None else "artillery"]
+        phases = options.phases if options is not None else "artillery"
         elapsed = self.get_run_time()
-        arrived, phase_end = 0, 0.0
-        for duration, rate in phases:
-            phase_end += duration
-            if elapsed < phase_end:
-                return arrived + rate * duration, float(rate)
-            arrived += rate * duration
-        if Sessions.finished >= arrived or elapsed > phase_end + FINISH_GRACE_S:
+        current = target(phases, elapsed)
+        if current is not None:
+            return current[0], float(current[1])
+        arrivals = total_arrivals(phases)
+        if Sessions.finished >= arrivals or elapsed > phases_duration_s(phases) + FINISH_GRACE_S:
             return None
-        return arrived, 1.0
+        return arrivals, 1.0

@@ -405,6 +405,7 @@ async def serve(job: Message) -> None:
             emit(
                 "done",
                 received=generator.received_in_phase(command["messages"]),
+                complete=phase.done.done(),
                 last_ns=phase.last_ns or time.time_ns(),
                 cpu_s=time.process_time() - cpu0,
                 latencies_ns=generator.latencies_ns,

@@ -115,7 +115,7 @@ def _rows(name: str, r: Results) -> list[tuple[str, str]]:
                 f"{_fmt(r['replica_cpu_us_per_msg'])} / {_fmt(r['generators_cpu_us_per_msg'])}",
             ),
             ("latency p50/p99 ms", f"{_fmt(r['latency']['p50_ms'])} / {_fmt(r['latency']['p99_ms'])}"),
-            ("clients x msgs, lost", f"{r['clients']:,} x {r['messages_per_client']:,}, {r['lost']:,}"),
+            ("clients x msgs, missing", f"{r['clients']:,} x {r['messages_per_client']:,}, {r['missing']:,}"),
             ("frame bytes, MiB/s", f"{_fmt(r['mean_frame_bytes'], 0)}, {_fmt(r['throughput_mib_s'])}"),
         ]
     if name == "upstream":
@@ -127,8 +127,9 @@ def _rows(name: str, r: Results) -> list[tuple[str, str]]:
                 f"{_fmt(r['replica_cpu_us_per_msg'])} / {_fmt(r['generators_cpu_us_per_msg'])}",
             ),
             (
-                "clients x msgs, lost, reordered",
-                f"{r['clients']:,} x {r['messages_per_client']:,}, {r['lost']:,}, {r['out_of_order']:,}",
+                "clients x msgs, missing, reordered",
+                f"{r['clients']:,} x {r['messages_per_client']:,}, {r['missing']:,} ({r['wait_ended']}), "
+                f"{r['out_of_order']:,}",
             ),
         ]
     if name == "pingpong":

@@ -34,6 +34,8 @@ Figures = dict[str, Any]
 
 # Waits that are not part of a measurement.
 SETTLE_S = 1.0
+# Upstream: no new arrival at the canister for this long means the missing envelopes are lost.
+STALL_S = 5.0
 WARMUP_CONNECTIONS = 100
 
 
@@ -104,6 +106,7 @@ async def downstream(settings: Settings, workdir: Path) -> Figures:
             done = await _all_expect(pool, "done", settings.timeout_s + 30)
         stack.check_alive()
     received = sum(d["received"] for d in done)
+    deadline_reached = not all(d["complete"] for d in done)
     last_ns = max(d["last_ns"] for d in done)
     elapsed_s = (last_ns - started_ns) / 1e9
     frames = sum(d["frames"] for d in done)
@@ -114,7 +117,8 @@ async def downstream(settings: Settings, workdir: Path) -> Figures:
         "messages_per_client": k,
         "expected": expected,
         "delivered": received,
-        "lost": expected - received,
+        "missing": expected - received,
+        "deadline_reached": deadline_reached,
         "client_errors": client_errors,
         "complete": received == expected and not client_errors,
         "open": opened,
@@ -153,19 +157,23 @@ async def upstream(settings: Settings, workdir: Path) -> Figures:
                 pool.send("go")
                 sent = await _all_expect(pool, "sent", settings.timeout_s)
                 target = before["received"] + expected
-                report = await _wait_for_upstream(agent, stack, target, settings.timeout_s)
+                report, ended = await _wait_for_upstream(agent, stack, target, settings.timeout_s)
         finally:
             await agent.close()
         stack.check_alive()
     received = report["received"] - before["received"]
     elapsed_s = (report["last_ns"] - started_ns) / 1e9
+    missing = expected - received
     return {
         "clients": clients,
         "messages_per_client": k,
         "rate_limit_per_client": settings.upstream_rate,
         "expected": expected,
         "received_by_canister": received,
-        "lost": expected - received,
+        "missing": missing,
+        # Missing envelopes are lost when arrivals stopped; at the deadline they may still be on their way.
+        "lost": missing if ended != "deadline" else None,
+        "wait_ended": ended,
         "out_of_order": report["out_of_order"],
         "complete": received == expected and report["out_of_order"] == 0,
         "open": opened,
@@ -177,15 +185,22 @@ async def upstream(settings: Settings, workdir: Path) -> Figures:
     }
 
 
-async def _wait_for_upstream(agent: IcAgent, stack: IcStack, target: int, timeout_s: float) -> dict[str, int]:
-    """Poll the canister's report until `target` messages arrived, or nothing arrived for 5 s."""
+async def _wait_for_upstream(
+    agent: IcAgent, stack: IcStack, target: int, timeout_s: float
+) -> tuple[dict[str, int], str]:
+    """Poll the canister's report until `target` messages arrived ("all arrived"), nothing arrived for
+    STALL_S ("stalled"), or `timeout_s` passed ("deadline")."""
     deadline = time.monotonic() + timeout_s
     last_progress, last_received = time.monotonic(), -1
     while True:
         report = await upstream_report(agent, stack.replica.canister_id)
         now = time.monotonic()
-        if report["received"] >= target or now > deadline or now - last_progress > 5.0:
-            return report
+        if report["received"] >= target:
+            return report, "all arrived"
+        if now - last_progress > STALL_S:
+            return report, "stalled"
+        if now > deadline:
+            return report, "deadline"
         if report["received"] != last_received:
             last_progress, last_received = now, report["received"]
         stack.check_alive()
@@ -369,7 +384,7 @@ async def limit(settings: Settings, workdir: Path, measured: dict[str, Figures])
             "frame_bytes_source": frame_source,
             "batch": settings.max_returned_messages,
             "delivered": delivered,
-            "lost": clients * k - delivered,
+            "missing": clients * k - delivered,
             "elapsed_s": down_elapsed,
             "rate_msg_s": delivered / down_elapsed if down_elapsed > 0 else math.nan,
             "throughput_mib_s": delivered * frame_bytes / down_elapsed / 2**20
@@ -382,7 +397,7 @@ async def limit(settings: Settings, workdir: Path, measured: dict[str, Figures])
             "messages_per_client": k,
             "frame_bytes": envelope_bytes,
             "relayed": relayed,
-            "lost": clients * k - relayed,
+            "missing": clients * k - relayed,
             "elapsed_s": up_elapsed,
             "rate_msg_s": relayed / up_elapsed if up_elapsed > 0 else math.nan,
             "relay_cpu_us_per_msg": _per_message_us(up_cpu, relayed),
