@@ -33,11 +33,13 @@ async def stack() -> AsyncIterator[tuple[ReplicaInfo, GatewayInfo]]:
     """The replica emulator and icgw as processes, as `python -m loadtests` starts them."""
     with tempfile.TemporaryDirectory() as folder:
         replica = await start_replica(Path(folder), [])
-        gateway = await start_gateway("python -m icgw", Path(folder), ic_url=replica.url, polling_ms=20)
         try:
-            yield replica, gateway
+            gateway = await start_gateway("python -m icgw", Path(folder), ic_url=replica.url, polling_ms=20)
+            try:
+                yield replica, gateway
+            finally:
+                await gateway.managed.stop()
         finally:
-            await gateway.managed.stop()
             await replica.managed.stop()
 
 
