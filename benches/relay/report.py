@@ -90,7 +90,7 @@ def failures(scenarios: Results) -> list[str]:
 # --- the summary table ---------------------------------------------------------------------------------
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
+def fmt(value: Any, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
@@ -105,26 +105,26 @@ def _fmt(value: Any, digits: int = 1) -> str:
 def _rows(name: str, r: Results) -> list[tuple[str, str]]:
     if "error" in r:
         return [("error", r["error"].splitlines()[0][:100])]
-    fraction = _fmt(r.get("fraction_of_limit"), 2)
+    fraction = fmt(r.get("fraction_of_limit"), 2)
     if name == "downstream":
         return [
-            ("delivered msg/s", f"{_fmt(r['rate_msg_s'])} ({fraction} of limit)"),
-            ("gateway CPU us/msg", _fmt(r["gateway_cpu_us_per_msg"])),
+            ("delivered msg/s", f"{fmt(r['rate_msg_s'])} ({fraction} of limit)"),
+            ("gateway CPU us/msg", fmt(r["gateway_cpu_us_per_msg"])),
             (
                 "replica / generators CPU us/msg",
-                f"{_fmt(r['replica_cpu_us_per_msg'])} / {_fmt(r['generators_cpu_us_per_msg'])}",
+                f"{fmt(r['replica_cpu_us_per_msg'])} / {fmt(r['generators_cpu_us_per_msg'])}",
             ),
-            ("latency p50/p99 ms", f"{_fmt(r['latency']['p50_ms'])} / {_fmt(r['latency']['p99_ms'])}"),
+            ("latency p50/p99 ms", f"{fmt(r['latency']['p50_ms'])} / {fmt(r['latency']['p99_ms'])}"),
             ("clients x msgs, missing", f"{r['clients']:,} x {r['messages_per_client']:,}, {r['missing']:,}"),
-            ("frame bytes, MiB/s", f"{_fmt(r['mean_frame_bytes'], 0)}, {_fmt(r['throughput_mib_s'])}"),
+            ("frame bytes, MiB/s", f"{fmt(r['mean_frame_bytes'], 0)}, {fmt(r['throughput_mib_s'])}"),
         ]
     if name == "upstream":
         return [
-            ("relayed envelopes/s", f"{_fmt(r['rate_msg_s'])} ({fraction} of limit)"),
-            ("gateway CPU us/envelope", _fmt(r["gateway_cpu_us_per_msg"])),
+            ("relayed envelopes/s", f"{fmt(r['rate_msg_s'])} ({fraction} of limit)"),
+            ("gateway CPU us/envelope", fmt(r["gateway_cpu_us_per_msg"])),
             (
                 "replica / generators CPU us/env",
-                f"{_fmt(r['replica_cpu_us_per_msg'])} / {_fmt(r['generators_cpu_us_per_msg'])}",
+                f"{fmt(r['replica_cpu_us_per_msg'])} / {fmt(r['generators_cpu_us_per_msg'])}",
             ),
             (
                 "clients x msgs, missing, reordered",
@@ -137,12 +137,12 @@ def _rows(name: str, r: Results) -> list[tuple[str, str]]:
         return [
             (
                 "round trip p50/p90/p99 ms",
-                f"{_fmt(rt['p50_ms'])} / {_fmt(rt['p90_ms'])} / {_fmt(rt['p99_ms'])}",
+                f"{fmt(rt['p50_ms'])} / {fmt(rt['p90_ms'])} / {fmt(rt['p99_ms'])}",
             ),
-            ("open p50/p90/p99 ms", f"{_fmt(op['p50_ms'])} / {_fmt(op['p90_ms'])} / {_fmt(op['p99_ms'])}"),
+            ("open p50/p90/p99 ms", f"{fmt(op['p50_ms'])} / {fmt(op['p90_ms'])} / {fmt(op['p99_ms'])}"),
             (
                 "receive latency p50/p99 ms",
-                f"{_fmt(r['receive_latency']['p50_ms'])} / {_fmt(r['receive_latency']['p99_ms'])}",
+                f"{fmt(r['receive_latency']['p50_ms'])} / {fmt(r['receive_latency']['p99_ms'])}",
             ),
             (
                 "clients x rounds, failures",
@@ -151,24 +151,24 @@ def _rows(name: str, r: Results) -> list[tuple[str, str]]:
         ]
     if name == "idle":
         return [
-            ("gateway RSS KiB/connection", _fmt(r["rss_kib_per_connection"], 2)),
+            ("gateway RSS KiB/connection", fmt(r["rss_kib_per_connection"], 2)),
             ("connections, failed", f"{r['connections']:,}, {r['failed']:,}"),
-            ("gateway idle CPU %", _fmt(r["gateway_idle_cpu_percent"])),
+            ("gateway idle CPU %", fmt(r["gateway_idle_cpu_percent"])),
         ]
     if name == "open-rate":
         lat = r["latency"]
         return [
-            ("connections/s", f"{_fmt(r['rate_per_s'])} ({fraction} of limit)"),
-            ("open p50/p99 ms", f"{_fmt(lat['p50_ms'])} / {_fmt(lat['p99_ms'])}"),
-            ("gateway CPU us/open", _fmt(r["gateway_cpu_us_per_open"])),
+            ("connections/s", f"{fmt(r['rate_per_s'])} ({fraction} of limit)"),
+            ("open p50/p99 ms", f"{fmt(lat['p50_ms'])} / {fmt(lat['p99_ms'])}"),
+            ("gateway CPU us/open", fmt(r["gateway_cpu_us_per_open"])),
             ("connections, failed", f"{r['connections']:,}, {r['failed']:,}"),
         ]
     if name == "limit":
         d, u, c = r["downstream"], r["upstream"], r["connect"]
         return [
-            ("downstream msg/s, relay us/msg", f"{_fmt(d['rate_msg_s'])}, {_fmt(d['relay_cpu_us_per_msg'])}"),
-            ("upstream msg/s, relay us/msg", f"{_fmt(u['rate_msg_s'])}, {_fmt(u['relay_cpu_us_per_msg'])}"),
-            ("WebSocket connections/s", _fmt(c["rate_per_s"])),
+            ("downstream msg/s, relay us/msg", f"{fmt(d['rate_msg_s'])}, {fmt(d['relay_cpu_us_per_msg'])}"),
+            ("upstream msg/s, relay us/msg", f"{fmt(u['rate_msg_s'])}, {fmt(u['relay_cpu_us_per_msg'])}"),
+            ("WebSocket connections/s", fmt(c["rate_per_s"])),
         ]
     return []
 
@@ -196,7 +196,7 @@ def summary_table(results: Results) -> str:
             status = {True: "met", False: "MISSED", None: "n/a"}[goal["met"]]
             off = f" (off by {goal['off_by_factor']:.1f}x)" if "off_by_factor" in goal else ""
             lines.append(
-                f"  {status:<6} {goal['scenario']:<10} {goal['figure']}: {_fmt(goal['value'], 2)} "
+                f"  {status:<6} {goal['scenario']:<10} {goal['figure']}: {fmt(goal['value'], 2)} "
                 f"(goal {goal['goal']}){off}"
             )
     return "\n".join(lines)
