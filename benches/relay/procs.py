@@ -260,13 +260,14 @@ class GatewayInfo:
     url: str
     port: int
     command: list[str]
+    metrics_url: str  # the Prometheus endpoint the harness gave it (`--prometheus-endpoint`)
 
 
 async def start_gateway(gateway_cmd: str, workdir: Path, *, ic_url: str, polling_ms: int) -> GatewayInfo:
     """Start the gateway in a fresh folder of its own (it may write ./data there) and wait for its port."""
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     command = gateway_command(
-        gateway_cmd, port=port, ic_url=ic_url, polling_ms=polling_ms, metrics_port=free_port()
+        gateway_cmd, port=port, ic_url=ic_url, polling_ms=polling_ms, metrics_port=metrics_port
     )
     home = workdir / "gateway"
     home.mkdir(exist_ok=True)
@@ -291,4 +292,6 @@ async def start_gateway(gateway_cmd: str, workdir: Path, *, ic_url: str, polling
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-        return GatewayInfo(managed, f"ws://127.0.0.1:{port}", port, command)
+        return GatewayInfo(
+            managed, f"ws://127.0.0.1:{port}", port, command, f"http://127.0.0.1:{metrics_port}/metrics"
+        )

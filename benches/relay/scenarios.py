@@ -23,7 +23,14 @@ from benches.relay.control import all_expect
 from benches.relay.procs import Managed, ProcessFailed, bench_env, log_tail, start_process
 from benches.relay.profile import Recording
 from benches.relay.settings import Settings
-from benches.relay.stack import GeneratorPool, IcStack, ic_stack, push_messages, upstream_report
+from benches.relay.stack import (
+    GeneratorPool,
+    IcStack,
+    gateway_counters,
+    ic_stack,
+    push_messages,
+    upstream_report,
+)
 from benches.relay.stats import summarize_ms
 from icgw.core import Ed25519Identity
 from icgw.ic.agent import IcAgent
@@ -105,6 +112,7 @@ async def downstream(settings: Settings, workdir: Path) -> Figures:
             push_s = await push_messages(stack.replica.url, stack.replica.canister_id, principals, blobs)
             done = await _all_expect(pool, "done", settings.timeout_s + 30)
         stack.check_alive()
+        counters = await gateway_counters(stack.gateway.metrics_url)
     received = sum(d["received"] for d in done)
     deadline_reached = not all(d["complete"] for d in done)
     last_ns = max(d["last_ns"] for d in done)
@@ -113,6 +121,7 @@ async def downstream(settings: Settings, workdir: Path) -> Figures:
     frame_bytes = sum(d["frame_bytes"] for d in done)
     client_errors = _merge_errors(done, "client_errors")
     return {
+        "gateway_counters": counters,
         "clients": clients,
         "messages_per_client": k,
         "expected": expected,
@@ -161,10 +170,12 @@ async def upstream(settings: Settings, workdir: Path) -> Figures:
         finally:
             await agent.close()
         stack.check_alive()
+        counters = await gateway_counters(stack.gateway.metrics_url)
     received = report["received"] - before["received"]
     elapsed_s = (report["last_ns"] - started_ns) / 1e9
     missing = expected - received
     return {
+        "gateway_counters": counters,
         "clients": clients,
         "messages_per_client": k,
         "rate_limit_per_client": settings.upstream_rate,
@@ -223,11 +234,13 @@ async def pingpong(settings: Settings, workdir: Path) -> Figures:
                 timeout_s=settings.timeout_s,
             )
         stack.check_alive()
+        counters = await gateway_counters(stack.gateway.metrics_url)
     rtts = [ns for d in done for ns in d["rtts_ns"]]
     client_errors = _merge_errors(done, "client_errors")
     wrong = sum(d["wrong_texts"] for d in done)
     incomplete = sum(d["incomplete"] for d in done)
     return {
+        "gateway_counters": counters,
         "clients": opened["opened"],
         "rounds": settings.rounds,
         "round_trips": len(rtts),
@@ -265,9 +278,11 @@ async def idle(settings: Settings, workdir: Path) -> Figures:
         stats = await pool.all("stats", "stats", 30)
         generators_rss = sum(g.managed.rss_kib() for g in pool.generators)
         stack.check_alive()
+        counters = await gateway_counters(stack.gateway.metrics_url)
     measured = rest["opened"]
     client_errors = _merge_errors(stats, "client_errors")
     return {
+        "gateway_counters": counters,
         "connections": warm["opened"] + rest["opened"],
         "failed": warm["failed"] + rest["failed"],
         "dropped_while_idle": sum(client_errors.values()),
@@ -295,7 +310,9 @@ async def open_rate(settings: Settings, workdir: Path) -> Figures:
         async with Window(stack, pool, settings, "open-rate") as window:
             opened = _opened(await pool.open(total, settings.open_window, settings.timeout_s))
         stack.check_alive()
+        counters = await gateway_counters(stack.gateway.metrics_url)
     return {
+        "gateway_counters": counters,
         "connections": opened["opened"],
         "failed": opened["failed"],
         "window": settings.open_window,

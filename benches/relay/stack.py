@@ -192,6 +192,36 @@ async def push_messages(
     return time.perf_counter() - started
 
 
+# Counters icgw exports that explain a scenario's outcome (other gateways' metrics are not read).
+DIAGNOSTIC_METRICS = (
+    "icgw_relay_errors_total",
+    "icgw_slow_client_closes_total",
+    "icgw_connections_closed_total",
+    "icgw_certificate_failures_total",
+    "icgw_polls_total",
+)
+
+
+async def gateway_counters(metrics_url: str) -> dict[str, float]:
+    """The gateway's non-zero diagnostic counters from its Prometheus endpoint, by series (none for a
+    gateway that does not export icgw's metrics)."""
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(metrics_url, timeout=aiohttp.ClientTimeout(5)) as r,
+        ):
+            text = await r.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return {}
+    counters: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(DIAGNOSTIC_METRICS):
+            series, _, value = line.rpartition(" ")
+            if float(value):  # zeros say nothing and there are many
+                counters[series] = float(value)
+    return counters
+
+
 async def upstream_report(agent: IcAgent, canister_text: str) -> dict[str, int]:
     reply = await agent.query(
         None, principal_from_text(canister_text), "upstream_report", candid_encode_values("()", [])
