@@ -1,6 +1,7 @@
 """Sampling profiles of the processes under test, taken during a scenario's measured window.
 
-`--profile DIR` runs `py-spy record` (pip install py-spy) on the gateway and the replica for exactly the
+`--profile DIR` runs `py-spy record` (pip install py-spy) on the gateway, the replica and the first load
+generator for exactly the
 window whose CPU time is reported, writes the collapsed stacks to DIR (flamegraph.pl and speedscope read
 them) and adds the hottest functions to the scenario's results, so a missed goal comes with what limits
 it. py-spy samples without stopping the process (`--nonblocking`), so the figures of a profiled run stay

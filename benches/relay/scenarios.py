@@ -466,7 +466,8 @@ async def _all_expect(pool: GeneratorPool, event: str, timeout_s: float) -> list
 
 class Window:
     """The measured window of a scenario: CPU seconds of the gateway, the replica and the generators
-    between entering and leaving it, and (with --profile) py-spy profiles of the first two."""
+    between entering and leaving it, and (with --profile) py-spy profiles of the gateway, the replica
+    and the first generator."""
 
     def __init__(self, stack: IcStack, pool: GeneratorPool, settings: Settings, name: str) -> None:
         self.stack, self.pool = stack, pool
@@ -489,6 +490,7 @@ class Window:
             for role, managed in (
                 ("gateway", self.stack.gateway.managed),
                 ("replica", self.stack.replica.managed),
+                ("generator", self.pool.generators[0].managed),
             ):
                 output = self.profile_dir / f"{self.name}-{role}.txt"
                 self._recordings[role] = await Recording.start(managed.pid, output)
