@@ -10,8 +10,9 @@ connect to `/client/<index>`; one backend connects to `/backend` and stands for 
   envelopes.
 
 No decoding, no verification, no HTTP: what is left is the cost of moving the same frames through a
-Python picows process on this machine, the ceiling any Python gateway on it works under. When a client
-reads too slowly the relay stops reading batches until it catches up (backpressure, not buffering).
+Python picows process on this machine, the ceiling any Python gateway on it works under, and the memory
+such a process needs per idle connection. When a client reads too slowly the relay stops reading batches
+until it catches up (backpressure, not buffering).
 
 `LimitBackend` is the backend's side, used by the harness.
 """
@@ -31,6 +32,8 @@ import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_connect, ws_create_server
 
 HEADER = struct.Struct("<II")
+# icgw's default --idle-timeout: its keep-alive ping interval.
+GATEWAY_IDLE_TIMEOUT_S = 30.0
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 
@@ -128,8 +131,19 @@ class BackendLink(WSListener):
 
 async def serve() -> None:
     relay = Relay()
+    # picows as icgw's gateway sets it up on plain TCP (python/icgw/gateway/app.py), so that the difference
+    # to a gateway scenario is the protocol work alone.
     server = await ws_create_server(
-        relay.listener, "127.0.0.1", 0, max_frame_size=MAX_FRAME_BYTES, websocket_handshake_timeout=30
+        relay.listener,
+        "127.0.0.1",
+        0,
+        max_frame_size=MAX_FRAME_BYTES,
+        websocket_handshake_timeout=30,
+        enable_auto_ping=True,
+        auto_ping_idle_timeout=GATEWAY_IDLE_TIMEOUT_S,
+        auto_ping_reply_timeout=GATEWAY_IDLE_TIMEOUT_S,
+        read_buffer_init_size=2048,
+        use_aiofastnet=False,
     )
     port = server.sockets[0].getsockname()[1]
     sys.stdout.buffer.write(orjson.dumps({"event": "ready", "port": port}) + b"\n")

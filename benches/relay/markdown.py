@@ -89,7 +89,12 @@ def scenario_rows(scenarios: Results) -> list[tuple[str, ...]]:
                     "",
                     f"{r['failed']:,} failed",
                 ),
-                ("", "gateway RSS per connection", f"{fmt(r['rss_kib_per_connection'], 2)} KiB", ""),
+                (
+                    "",
+                    "gateway RSS per connection",
+                    f"{fmt(r['rss_kib_per_connection'], 2)} KiB",
+                    f"bare relay {fmt(r.get('bare_relay_rss_kib_per_connection'), 2)} KiB",
+                ),
                 ("", "gateway CPU while idle", f"{fmt(r['gateway_idle_cpu_percent'])} %", ""),
             ]
         elif name == "open-rate":
@@ -121,6 +126,12 @@ def scenario_rows(scenarios: Results) -> list[tuple[str, ...]]:
                     f"{u['frame_bytes']:,} B frames, {fmt(u['relay_cpu_us_per_msg'])} µs CPU/msg",
                 ),
                 ("", "WebSocket connections/s", fmt(c["rate_per_s"]), f"{c['window']} in flight"),
+                (
+                    "",
+                    "RSS per idle connection",
+                    f"{fmt(r['idle']['rss_kib_per_connection'], 2)} KiB",
+                    f"{r['idle']['connections']:,} connections",
+                ),
             ]
     return rows
 

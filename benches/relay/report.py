@@ -70,6 +70,10 @@ def add_fractions(scenarios: Results) -> None:
         figures = scenarios.get(name)
         if isinstance(figures, dict) and key in figures and ceiling:
             figures["fraction_of_limit"] = figures[key] / ceiling
+    idle = scenarios.get("idle")
+    if isinstance(idle, dict) and "rss_kib_per_connection" in idle:
+        # Memory: lower is better, so the bare relay's figure is given beside the gateway's.
+        idle["bare_relay_rss_kib_per_connection"] = limit["idle"]["rss_kib_per_connection"]
 
 
 def check_goals(scenarios: Results) -> list[dict[str, Any]]:
@@ -151,7 +155,11 @@ def _rows(name: str, r: Results) -> list[tuple[str, str]]:
         ]
     if name == "idle":
         return [
-            ("gateway RSS KiB/connection", fmt(r["rss_kib_per_connection"], 2)),
+            (
+                "gateway RSS KiB/connection",
+                f"{fmt(r['rss_kib_per_connection'], 2)} (bare relay "
+                f"{fmt(r.get('bare_relay_rss_kib_per_connection'), 2)})",
+            ),
             ("connections, failed", f"{r['connections']:,}, {r['failed']:,}"),
             ("gateway idle CPU %", fmt(r["gateway_idle_cpu_percent"])),
         ]
@@ -169,6 +177,7 @@ def _rows(name: str, r: Results) -> list[tuple[str, str]]:
             ("downstream msg/s, relay us/msg", f"{fmt(d['rate_msg_s'])}, {fmt(d['relay_cpu_us_per_msg'])}"),
             ("upstream msg/s, relay us/msg", f"{fmt(u['rate_msg_s'])}, {fmt(u['relay_cpu_us_per_msg'])}"),
             ("WebSocket connections/s", fmt(c["rate_per_s"])),
+            ("RSS KiB per idle connection", fmt(r["idle"]["rss_kib_per_connection"], 2)),
         ]
     return []
 
