@@ -49,6 +49,7 @@ class GatewayRuntime:
         self.metrics = GatewayMetrics(self.principal_text)
         self.hub: Hub | None = None
         self.agent: IcAgent | None = None
+        self.poll_agent: IcAgent | None = None  # the pollers' own connection pool (see AgentBackend)
         self.ssl_context: ssl.SSLContext | None = None
         self._server: asyncio.Server | None = None
         self._health: HealthServer | None = None
@@ -81,8 +82,15 @@ class GatewayRuntime:
             await self._start_embedded_replica()
         self.agent = IcAgent(self.ic_url, certificate_max_age_ns=CERTIFICATE_MAX_AGE_NS)
         root_key = await self._root_key(self.agent)
+        self.poll_agent = IcAgent(
+            self.ic_url, root_key=root_key, certificate_max_age_ns=CERTIFICATE_MAX_AGE_NS, max_connections=100
+        )
         backend = AgentBackend(
-            self.agent, self.identity, root_key, certificate_max_age_ns=CERTIFICATE_MAX_AGE_NS
+            self.agent,
+            self.identity,
+            root_key,
+            certificate_max_age_ns=CERTIFICATE_MAX_AGE_NS,
+            query_agent=self.poll_agent,
         )
         self.hub = Hub(config, self.principal, backend, PrometheusObserver(self.metrics))
         if config.tls_enabled:
@@ -175,8 +183,9 @@ class GatewayRuntime:
             hub.close_sessions(hub.sessions, WSCloseCode.GOING_AWAY, "the gateway is shutting down")
             await hub.wait_sessions_closed(max(0.0, deadline - time.monotonic()))
             await hub.drain(max(0.0, deadline - time.monotonic()))
-        if self.agent is not None:
-            await self.agent.close()
+        for agent in (self.agent, self.poll_agent):
+            if agent is not None:
+                await agent.close()
         if self._replica is not None:
             await self._replica.stop()
         if self._health is not None:
