@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from benches.relay.report import fmt
+from benches.relay.report import fmt, percent
 
 Results = dict[str, Any]
 
@@ -30,7 +30,7 @@ def scenario_rows(scenarios: Results) -> list[tuple[str, ...]]:
             rows.append((name, "error", r["error"].splitlines()[0], ""))
             continue
         fraction = r.get("fraction_of_limit")
-        of_limit = f" ({fmt(fraction, 2)} of limit)" if fraction is not None else ""
+        of_limit = f" ({percent(fraction)} of limit)" if fraction is not None else ""
         if name == "downstream":
             rows += [
                 (name, f"{r['clients']:,} clients x {r['messages_per_client']:,} messages", "", ""),

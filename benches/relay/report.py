@@ -106,10 +106,18 @@ def fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def percent(fraction: float | None) -> str:
+    """A fraction as a percentage with two significant digits at least: 0.0044 -> "0.44%"."""
+    if fraction is None or math.isnan(fraction):
+        return "-"
+    value = fraction * 100
+    return f"{value:.0f}%" if value >= 10 else f"{value:.2g}%"
+
+
 def _rows(name: str, r: Results) -> list[tuple[str, str]]:
     if "error" in r:
         return [("error", r["error"].splitlines()[0][:100])]
-    fraction = fmt(r.get("fraction_of_limit"), 2)
+    fraction = percent(r.get("fraction_of_limit"))
     if name == "downstream":
         return [
             ("delivered msg/s", f"{fmt(r['rate_msg_s'])} ({fraction} of limit)"),

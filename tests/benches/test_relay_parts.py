@@ -13,7 +13,7 @@ import pytest
 from benches.relay.bare_relay import HEADER, LimitBackend, Relay, downstream_batches
 from benches.relay.canister import RelayBenchCanister
 from benches.relay.procs import gateway_command
-from benches.relay.report import GOALS, add_fractions, check_goals, failures
+from benches.relay.report import GOALS, add_fractions, check_goals, failures, percent
 from benches.relay.stats import percentile, summarize_ms
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_create_server
 
@@ -34,6 +34,12 @@ def test_percentiles_are_nearest_rank() -> None:
     empty = summarize_ms([])
     assert empty["count"] == 0
     assert math.isnan(empty["p50_ms"])
+
+
+def test_fractions_read_as_percentages_with_two_significant_digits() -> None:
+    assert [percent(f) for f in (0.0044, 0.099, 0.21, 1.0, None, math.nan)] == [
+        "0.44%", "9.9%", "21%", "100%", "-", "-"
+    ]  # fmt: skip
 
 
 def test_goals_say_whether_and_by_how_much_they_are_missed() -> None:
