@@ -20,6 +20,7 @@ from picows import WSCloseCode
 
 from icgw.core import CertificateError, CoreError, MessagesBatch, decode_messages_reply, principal_to_text
 from icgw.gateway.observer import GatewayObserver
+from icgw.observability.tracing import NOOP_SPAN, TraceSpan, poll_span
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class CanisterPoller:
         observer: GatewayObserver | None = None,
     ) -> None:
         self.canister_id = canister_id
+        # Computed once: logs and every poll span name the canister by its text form.
+        self.canister_text = principal_to_text(canister_id)
         self.clients: dict[tuple[bytes, int], PollerClient] = {}
         self._query = query
         self._verify = verify
@@ -117,10 +120,14 @@ class CanisterPoller:
 
     async def _run(self) -> None:
         idle_since: float | None = None
+        iteration = 0
         try:
             while not self._stopping:
                 started = time.monotonic()
-                delay = await self._poll_once()
+                # One span per poll (sampled), none per message: the fan-out stays free of tracing work.
+                with poll_span(self.canister_text, iteration) as span:
+                    delay = await self._poll_once(span)
+                iteration += 1
                 if self.clients:
                     idle_since = None
                 else:
@@ -130,7 +137,7 @@ class CanisterPoller:
                 if delay > 0 and not self._stopping:
                     await self._sleep(delay - (time.monotonic() - started))
         except Exception:
-            log.exception("poller for canister %s failed", self._canister_text())
+            log.exception("poller for canister %s failed", self.canister_text)
             self._close_all(WSCloseCode.INTERNAL_ERROR, "the gateway's poller for this canister failed")
         finally:
             self._on_stop(self)
@@ -142,39 +149,43 @@ class CanisterPoller:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
-    async def _poll_once(self) -> float:
+    async def _poll_once(self, span: TraceSpan = NOOP_SPAN) -> float:
         """One query and its fan-out; returns how long to wait before the next one (0: at once)."""
+        if span.is_recording():
+            span.set_attribute("icgw.poll.nonce", self._next_nonce)
         arg = ws_get_messages_arg(self._next_nonce)
         started = time.perf_counter()
         try:
             reply = await asyncio.wait_for(self._query(self.canister_id, arg), self._timeout)
         except TimeoutError:
-            self._metrics.poll("timeout", time.perf_counter() - started)
-            log.warning("ws_get_messages on %s timed out; polling again", self._canister_text())
+            self._record_poll(span, "timeout", started)
+            log.warning("ws_get_messages on %s timed out; polling again", self.canister_text)
             return 0.0
         except TransientPollError as error:
-            self._metrics.poll("error", time.perf_counter() - started)
+            self._record_poll(span, "error", started)
             return self._backoff(f"ws_get_messages failed: {error}")
         except FatalPollError as error:
-            self._metrics.poll("error", time.perf_counter() - started)
-            log.error("canister %s cannot be polled: %s", self._canister_text(), error)
+            self._record_poll(span, "error", started)
+            log.error("canister %s cannot be polled: %s", self.canister_text, error)
             self._close_all(WSCloseCode.BAD_GATEWAY, f"the canister cannot be polled: {error}"[:120])
             self._stopping = True
             return 0.0
         try:
             batch = decode_messages_reply(reply)
         except CoreError as error:  # MessagesError, CandidError: not a usable reply
-            self._metrics.poll("error", time.perf_counter() - started)
+            self._record_poll(span, "error", started)
             return self._backoff(f"unusable ws_get_messages reply: {error}")
         if len(batch) == 0:
             self._failures = 0
-            self._metrics.poll("empty", time.perf_counter() - started)
+            self._record_poll(span, "empty", started)
             return self._interval
         try:
             self._verify(batch)
         except CertificateError as error:
             self._metrics.certificate_failure()
-            self._metrics.poll("error", time.perf_counter() - started)
+            self._record_poll(span, "error", started)
+            if span.is_recording():
+                span.set_attribute("icgw.poll.certificate_error", str(error))
             return self._backoff(f"a batch failed verification and was not relayed: {error}")
         self._failures = 0
         first, last = batch.first_nonce, batch.last_nonce
@@ -183,9 +194,15 @@ class CanisterPoller:
         self._check_continuity(first)
         self._fan_out(batch)
         self._next_nonce = last + 1
-        self._metrics.poll("messages", time.perf_counter() - started)
+        self._record_poll(span, "messages", started)
+        if span.is_recording():
+            span.set_attribute("icgw.poll.messages", len(batch))
         # More may be queued already (not drained, or a burst in progress): ask again at once.
         return 0.0
+
+    def _record_poll(self, span: TraceSpan, outcome: str, started: float) -> None:
+        self._metrics.poll(outcome, time.perf_counter() - started)
+        span.set_attribute("icgw.poll.outcome", outcome)
 
     def _check_continuity(self, first_nonce: int) -> None:
         if self._next_nonce != 0 and first_nonce != self._next_nonce:
@@ -193,7 +210,7 @@ class CanisterPoller:
             # their sequence numbers; the poller resynchronises instead of giving up on every client.
             log.warning(
                 "canister %s skipped from nonce %d to %d",
-                self._canister_text(),
+                self.canister_text,
                 self._next_nonce,
                 first_nonce,
             )
@@ -210,12 +227,9 @@ class CanisterPoller:
         self._failures += 1
         delay = min(MAX_BACKOFF_S, self._interval * (2 ** min(self._failures, 10)))
         delay = random.uniform(delay / 2, delay)
-        log.warning("canister %s: %s; retrying in %.2fs", self._canister_text(), reason, delay)
+        log.warning("canister %s: %s; retrying in %.2fs", self.canister_text, reason, delay)
         return delay
 
     def _close_all(self, code: WSCloseCode, reason: str) -> None:
         for client in list(self.clients.values()):
             client.close_from_gateway(code, reason)
-
-    def _canister_text(self) -> str:
-        return principal_to_text(self.canister_id)
