@@ -133,7 +133,10 @@ class Hub:
             metrics.relayed(method, 0, seconds)
             poller = self.pollers.get(canister_id)
             if poller is not None:
-                poller.wake()
+                if method == "ws_open" and session.client_key is not None:
+                    poller.open_accepted(session.client_key)
+                else:
+                    poller.wake()
 
         def failed(method: str, error: BaseException) -> None:
             metrics.relay_failed(type(error).__name__)
