@@ -25,7 +25,10 @@ def test_round_trip(n: int) -> None:
     assert decode_unsigned(encode_unsigned(n)) == n
 
 
-@pytest.mark.parametrize(("data", "reason"), [(b"", "truncated"), (b"\x80", "truncated"), (b"\x01\x01", "after")])
+MALFORMED = [(b"", "truncated"), (b"\x80", "truncated"), (b"\x01\x01", "after")]
+
+
+@pytest.mark.parametrize(("data", "reason"), MALFORMED)
 def test_malformed(data: bytes, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         decode_unsigned(data)
