@@ -129,8 +129,8 @@ class Hub:
         canister_id = session.canister_id
         metrics = self.metrics
 
-        def done(method: str, seconds: float) -> None:
-            metrics.relayed(method, 0, seconds)
+        def done(method: str, nbytes: int, seconds: float) -> None:
+            metrics.relayed(method, nbytes, seconds)
             poller = self.pollers.get(canister_id)
             if poller is not None:
                 if method == "ws_open" and session.client_key is not None:
