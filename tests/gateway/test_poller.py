@@ -51,6 +51,9 @@ class ScriptedCanister:
             raise step
         if step == "hang":
             await asyncio.sleep(3600)
+        if step == "slow":
+            await asyncio.sleep(0.2)
+            step = empty_reply()
         assert isinstance(step, bytes)
         return step
 
@@ -126,6 +129,20 @@ async def test_an_empty_reply_waits_for_the_interval_unless_woken() -> None:
     poller.wake()
     await until(lambda: len(canister.queries) >= 3)
     assert canister.queries[2][1] - canister.queries[1][1] < 0.25
+    await poller.stop()
+
+
+async def test_a_wake_during_a_query_polls_again_when_it_returns() -> None:
+    # A client's call relayed while a poll is in flight: its reply was not in that poll's answer, so the
+    # next poll must not wait for the interval.
+    canister = ScriptedCanister(["slow", empty_reply()])
+    poller, _ = make_poller(canister, interval=2.0)
+    poller.clients[(CLIENT, 7)] = FakeClient()
+    poller.start()
+    await until(lambda: len(canister.queries) >= 1)
+    poller.wake()
+    await until(lambda: len(canister.queries) >= 2, within=1.0)
+    assert canister.queries[1][1] - canister.queries[0][1] < 0.5
     await poller.stop()
 
 

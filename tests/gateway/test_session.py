@@ -84,6 +84,22 @@ async def test_canister_messages_reach_the_right_client_in_order() -> None:
         second.close()
 
 
+async def test_frames_of_every_size_arrive_byte_exact() -> None:
+    # Around picows' 8 KiB threshold between copying a frame and writing it in place, and far above it.
+    sizes = [1, 8 * 1024 - 200, 8 * 1024, 8 * 1024 + 200, 300 * 1024]
+    async with Gateway() as gateway:
+        client = await opened_client(gateway)
+        for size in sizes:
+            gateway.ic.canister.push(client.key, bytes([size % 251]) * size)
+        for size in sizes:
+            frame = await client.next_frame()
+            assert (
+                decode_websocket_message(cbor2.loads(frame)["content"])["content"]
+                == bytes([size % 251]) * size
+            )
+        client.close()
+
+
 async def test_a_client_that_leaves_is_closed_on_the_canister() -> None:
     async with Gateway() as gateway:
         client = await opened_client(gateway)

@@ -105,6 +105,12 @@ class GatewayRuntime:
             websocket_handshake_timeout=min(10.0, config.open_timeout_s),
             reuse_port=config.workers > 1 or None,
             logger_name="icgw.gateway.websocket",
+            # Per-connection memory (BENCHMARKS.md, idle scenario): picows' read buffer starts at 16 KiB and
+            # is touched whole when a frame is consumed; client frames are a few hundred bytes, and the
+            # buffer grows by itself for larger ones. aiofastnet's transport adds about 5 KiB per connection
+            # over uvloop's for no measured gain on plain TCP; it is kept for TLS, where it is faster.
+            read_buffer_init_size=2048,
+            use_aiofastnet=self.ssl_context is not None,
         )
         log.info("Start accepting incoming connections on %s:%d", address.host, self.port)
 

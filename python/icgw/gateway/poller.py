@@ -142,6 +142,10 @@ class CanisterPoller:
         try:
             while not self._stopping:
                 started = time.monotonic()
+                # Cleared before the query, not before the sleep: a wake that arrives while the query is
+                # in flight (a call relayed meanwhile, whose reply this answer cannot hold) must cut the
+                # next sleep short instead of being forgotten.
+                self._wake.clear()
                 # One span per poll (sampled), none per message: the fan-out stays free of tracing work.
                 with poll_span(self.canister_text, iteration) as span:
                     delay = await self._poll_once(span)
@@ -163,7 +167,6 @@ class CanisterPoller:
     async def _sleep(self, seconds: float) -> None:
         if seconds <= 0:
             return
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 

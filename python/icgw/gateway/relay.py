@@ -56,18 +56,22 @@ class OrderedRelay:
         self._max_pending = max_pending
         self._on_done = on_done
         self._on_error = on_error
-        self._pending: deque[tuple[str, bytes, float]] = deque()
+        # Made on the first push and dropped when drained: an idle client holds no queue (a deque is
+        # over 600 bytes, most of an idle connection's Python state).
+        self._pending: deque[tuple[str, bytes, float]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) if self._pending is not None else 0
 
     def push(self, method_name: str, envelope: bytes) -> None:
         """Queue one envelope; raises `RelayFull` when the client is too far ahead of the IC."""
         if self._closed:
             return
-        if len(self._pending) >= self._max_pending:
+        if self._pending is None:
+            self._pending = deque()
+        elif len(self._pending) >= self._max_pending:
             raise RelayFull(f"more than {self._max_pending} envelopes are waiting for the IC")
         self._pending.append((method_name, envelope, time.perf_counter()))
         if self._task is None:
@@ -76,7 +80,7 @@ class OrderedRelay:
     def close(self) -> None:
         """Drop whatever has not been submitted yet; an envelope already on its way completes."""
         self._closed = True
-        self._pending.clear()
+        self._pending = None
 
     async def _drain(self) -> None:
         try:
@@ -96,3 +100,5 @@ class OrderedRelay:
                     self._pending.popleft()
         finally:
             self._task = None
+            if not self._pending:
+                self._pending = None

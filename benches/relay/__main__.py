@@ -1,0 +1,5 @@
+import sys
+
+from benches.relay.cli import main
+
+sys.exit(main())

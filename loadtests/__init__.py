@@ -1,0 +1,1 @@
+"""Locust load tests of the gateway: `python -m loadtests --help`, loadtests/locustfile.py."""

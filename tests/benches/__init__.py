@@ -1,0 +1,1 @@
+"""Tests of the benchmark harness (benches/relay) and the load tests (loadtests)."""
