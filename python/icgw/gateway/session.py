@@ -81,6 +81,7 @@ class ClientSession(WSListener):
         "_closing",
         "_limiter",
         "_open_timer",
+        "_trace",
         "canister_id",
         "client_key",
         "hub",
