@@ -17,21 +17,13 @@ from icgw.core import (
     hash_tree_encode,
     principal_from_text,
 )
+from icgw.leb128 import encode_unsigned as leb128
 
 SECRET = bytes(range(1, 33))
 ROOT_KEY = bls_der_public_key(bls_public_key(SECRET))
 CANISTER = principal_from_text("rrkah-fqaaa-aaaaa-aaaaq-cai")
 CLIENT = bytes(range(29))
 GATEWAY_TEXT = "sqdfl-mr4km-2hfjy-gajqo-xqvh7-hf4mf-nra4i-3it6l-neaw4-soolw-tae"
-
-
-def leb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def build_reply(

@@ -11,6 +11,7 @@ from icgw.core import (
     MessagesBatch,
     bls_der_public_key,
     bls_public_key,
+    certificate_cache_stats,
     decode_messages_reply,
     principal_from_text,
 )
@@ -56,3 +57,18 @@ def test_a_stale_certificate_is_refused_when_time_is_checked() -> None:
     batch.verify(ROOT_KEY, CANISTER)
     with pytest.raises(CertificateError):
         batch.verify(ROOT_KEY, CANISTER, now_ns=time.time_ns())
+
+
+def test_a_certificate_seen_again_costs_no_pairing_but_is_still_checked() -> None:
+    reply = build_reply(contents(3))
+    batch = decode_messages_reply(reply)
+    batch.verify(ROOT_KEY, CANISTER, now_ns=time.time_ns())
+    before = certificate_cache_stats()["signature_checks"]
+    decode_messages_reply(reply).verify(ROOT_KEY, CANISTER, now_ns=time.time_ns())
+    assert certificate_cache_stats()["signature_checks"] == before
+    # Freshness, scope and the witness are checked on every use of the remembered certificate.
+    with pytest.raises(CertificateError, match="too old"):
+        batch.verify(ROOT_KEY, CANISTER, now_ns=time.time_ns() + 3600 * 10**9)
+    other = principal_from_text("ryjl3-tyaaa-aaaaa-aaaba-cai")
+    with pytest.raises(CertificateError):
+        batch.verify(ROOT_KEY, other)

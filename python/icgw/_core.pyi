@@ -211,4 +211,9 @@ class MessagesBatch:
         tree hashes to the canister's certified data, and that each content hashes to `websocket/<key>`.
         """
 
+def encode_messages_reply(
+    messages: Sequence[tuple[bytes, int, str, bytes]], cert: bytes, tree: bytes, is_end_of_queue: bool
+) -> bytes:
+    """The Candid `Ok` reply of ws_get_messages from (client_principal, client_nonce, key, content) tuples."""
+
 def decode_messages_reply(reply_arg: bytes, expected_nonce: int | None = None) -> MessagesBatch: ...

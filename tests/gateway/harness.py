@@ -141,7 +141,8 @@ class RecordingObserver(GatewayObserver):
 class Gateway:
     """A Hub on a real listening socket."""
 
-    def __init__(self, settings: HarnessSettings | None = None) -> None:
+    def __init__(self, settings: HarnessSettings | None = None, *, idle_timeout_s: float = 0) -> None:
+        self.idle_timeout_s = idle_timeout_s
         self.identity = Ed25519Identity.generate()
         self.ic = ScriptedIc()
         self.observer = RecordingObserver()
@@ -151,7 +152,14 @@ class Gateway:
     async def __aenter__(self) -> Gateway:
         hub = self.hub
         self._server = await ws_create_server(
-            lambda request: ClientSession(hub, ""), "127.0.0.1", 0, max_frame_size=64 * 1024
+            lambda request: ClientSession(hub, ""),
+            "127.0.0.1",
+            0,
+            max_frame_size=64 * 1024,
+            # The same keep-alive settings GatewayRuntime derives from --idle-timeout.
+            enable_auto_ping=self.idle_timeout_s > 0,
+            auto_ping_idle_timeout=self.idle_timeout_s or 20,
+            auto_ping_reply_timeout=self.idle_timeout_s or 20,
         )
         return self
 
@@ -205,8 +213,8 @@ class RawClient:
         self.seq = 0
 
     @classmethod
-    async def connect(cls, url: str) -> RawClient:
-        transport, listener = await ws_connect(ClientListener, url)
+    async def connect(cls, url: str, *, answer_pings: bool = True) -> RawClient:
+        transport, listener = await ws_connect(ClientListener, url, enable_auto_pong=answer_pings)
         assert isinstance(listener, ClientListener)
         return cls(transport, listener)
 

@@ -37,7 +37,7 @@ def make_relay(ic: RecordingIc, *, max_pending: int = 100) -> tuple[OrderedRelay
         b"canister",
         ic,
         max_pending=max_pending,
-        on_done=lambda method, seconds: done.append(method),
+        on_done=lambda method, nbytes, seconds: done.append(method),
         on_error=lambda method, error: errors.append(f"{method}: {error}"),
     )
     return relay, done, errors

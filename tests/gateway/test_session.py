@@ -246,3 +246,17 @@ async def test_garbage_from_the_replica_is_not_relayed_and_clients_stay() -> Non
         message = decode_websocket_message(cbor2.loads(await client.next_frame(within=10))["content"])
         assert message["content"] == b"after garbage"
         client.close()
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped_and_a_live_one_is_kept() -> None:
+    async with Gateway(idle_timeout_s=0.2) as gateway:
+        live = await opened_client(gateway)
+        dead = await RawClient.connect(gateway.url, answer_pings=False)
+        await dead.handshake()
+        await asyncio.wait_for(dead.listener.disconnected.wait(), 5)
+        await asyncio.sleep(0.5)  # well past idle + reply timeouts: the live client answered its pings
+        assert not live.listener.disconnected.is_set()
+        gateway.ic.canister.push(live.key, b"still here")
+        message = decode_websocket_message(cbor2.loads(await live.next_frame())["content"])
+        assert message["content"] == b"still here"
+        live.close()

@@ -1,9 +1,16 @@
 """The CDK canister, called with Candid as a replica would: the CDK integration suite (PROTOCOL.md §11
 a-h) and the CDK unit-test facts, for the Rust and the Motoko flavour.
 
+The suite runs over two transports (the `transport` fixture): "in-process" calls the canister's
+methods directly on a fake host; "http" starts a `Replica` on loopback and sends every call as a signed
+envelope through `IcAgent`, with canister time moved by the replica's admin endpoint (`HttpDriver`).
+Tests of the canister's own machinery (Candid ABI, traps at install, the flavours side by side) run
+in process only.
+
 Every `ws_get_messages` reply is checked the way the SDK checks what it receives: a real BLS-signed
 certificate over the canister's certified data, the witness in `tree` reconstructing to that data, and
-`websocket/<key>` holding the SHA-256 of the message content.
+`websocket/<key>` holding the SHA-256 of the message content; over HTTP, each batch also passes
+`MessagesBatch.verify` against the replica's root key, as the gateway checks it.
 """
 
 from __future__ import annotations
@@ -11,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import cbor2
 import pytest
@@ -31,6 +38,7 @@ from icgw.core import (
     principal_to_text,
     verify_certificate,
 )
+from icgw.replica import ReplicaConfig
 from icgw.replica.apps import WsApp, candid_method, load_app
 from icgw.replica.canister import Canister, canister_id_for_index, render_candid_interface
 from icgw.replica.cdk import (
@@ -49,7 +57,7 @@ from icgw.replica.cdk import (
     encode_service_message,
 )
 from icgw.replica.clock import CanisterClock, ManualClock, RealClock
-from icgw.replica.interfaces import CANISTER_ERROR, DESTINATION_INVALID, Reject, Reply
+from icgw.replica.interfaces import CANISTER_ERROR, DESTINATION_INVALID, CanisterHost, Reject, Reply
 from icgw.replica.merkle import CertifiedMap, labeled_hash
 from icgw.replica.test_canister import (
     CANDID_INTERFACE_PATH,
@@ -58,15 +66,20 @@ from icgw.replica.test_canister import (
     SilentTestCanister,
     TestCanister,
     TestCanisterCalls,
+    TestCanisterDriver,
     decode_app_message,
     encode_app_message,
 )
 
-# The principals of the CDK integration suite (PROTOCOL.md §8).
-GATEWAY_1 = principal_from_text("i3gux-m3hwt-5mh2w-t7wwm-fwx5j-6z6ht-hxguo-t4rfw-qp24z-g5ivt-2qe")
-GATEWAY_2 = principal_from_text("trj6m-u7l6v-zilnb-2hl6a-3jfz3-asri5-mkw3k-e2tpo-5emmk-6hqxb-uae")
-CLIENT_1 = principal_from_text("pmisz-prtlk-b6oe6-bj4fl-6l5fy-h7c2h-so6i7-jiz2h-bgto7-piqfr-7ae")
-CLIENT_2 = principal_from_text("zuh6g-qnmvg-vky2t-tnob7-h4xoj-ykrcx-jqjpi-cdf3k-23i3i-ykozs-fae")
+from .http_driver import HttpDriver, Signers
+
+# Every caller of the suite has a key, so that over HTTP its calls can be signed. (The CDK suite's own
+# principals, PROTOCOL.md §8, are bare principals that PocketIC accepts unsigned.)
+SIGNERS = Signers()
+GATEWAY_1 = SIGNERS.principal(b"gateway 1")
+GATEWAY_2 = SIGNERS.principal(b"gateway 2")
+CLIENT_1 = SIGNERS.principal(b"client 1")
+CLIENT_2 = SIGNERS.principal(b"client 2")
 CLIENT_1_KEY = ClientKey(CLIENT_1, 1)
 CLIENT_2_KEY = ClientKey(CLIENT_2, 2)
 
@@ -82,8 +95,8 @@ def text(principal: bytes) -> str:
 
 
 def random_principal(rng: random.Random) -> bytes:
-    # Self-authenticating form: 28 hash bytes and the 0x02 class byte.
-    return rng.randbytes(28) + b"\x02"
+    """A new self-authenticating principal whose key the HTTP driver can sign with."""
+    return SIGNERS.principal(rng.randbytes(32))
 
 
 def leb128(n: int) -> bytes:
@@ -146,16 +159,24 @@ class RecordingApp(SilentTestCanister):
         self.events.append(("close", client_principal))
 
 
+Transport = Literal["in-process", "http"]
+
+
 @dataclass
 class Env:
-    """One canister on a fake host with a frozen clock, and a driver speaking Candid to it."""
+    """One canister with a frozen clock, and a driver speaking Candid to it over `transport`.
+
+    In process the canister sits on a `FakeHost`; over HTTP on a `Replica`, and `host` is None.
+    """
 
     flavor: Flavor
+    transport: Transport
     clock: ManualClock
-    host: FakeHost
     canister: Canister
-    driver: InProcessDriver
-    expected_seq: dict[ClientKey, int] = field(default_factory=dict)
+    driver: TestCanisterDriver
+    root_key_der: bytes
+    close: Callable[[], None]
+    host: FakeHost | None = None
 
     @property
     def canister_id(self) -> bytes:
@@ -185,19 +206,27 @@ class Env:
         return ok
 
     def queue_len(self, gateway: bytes) -> int:
-        return len(self.canister.cdk.gateway_queue(gateway))
+        """How many messages the gateway's queue holds, as polling it from its start shows."""
+        count, nonce = 0, 0
+        while True:
+            result = self.poll(gateway, nonce)
+            count += len(result["messages"])
+            if result["is_end_of_queue"]:
+                return count
+            nonce = nonce_of(result["messages"][-1]["key"]) + 1
 
     def advance_ms(self, ms: int) -> None:
         self.driver.advance_ms(ms)
+
+    def advance_ns(self, ns: int) -> None:
+        self.driver.advance_ns(ns)
 
     # --- checks -----------------------------------------------------------------------------------------
 
     def assert_certified(self, result: dict[str, Any]) -> None:
         """The SDK's check for every message of a batch, plus the certificate's own validity."""
         cert, tree = result["cert"], result["tree"]
-        verify_certificate(
-            cert, self.host.root_key_der, canister_id=self.canister_id, now_ns=self.clock.now_ns()
-        )
+        verify_certificate(cert, self.root_key_der, canister_id=self.canister_id, now_ns=self.clock.now_ns())
         state_tree = cbor2.dumps(cbor2.loads(cert)["tree"])
         path = [b"canister", self.canister_id, b"certified_data"]
         assert lookup_path(state_tree, path) == ("found", hash_tree_root(tree))
@@ -256,19 +285,40 @@ def key_of(gateway: bytes, nonce: int) -> str:
     return f"{text(gateway)}_{nonce:020d}"
 
 
-def make_env(flavor: Flavor, app: WsApp | None = None, params: WsInitParams | None = None) -> Env:
+def nonce_of(key: str) -> int:
+    return int(key.rsplit("_", 1)[1])
+
+
+# Rounds as often as the replica can: the suite makes its calls one after another.
+HTTP_REPLICA_CONFIG = ReplicaConfig(round_ms=0.1)
+
+
+def make_env(
+    flavor: Flavor,
+    app: WsApp | None = None,
+    params: WsInitParams | None = None,
+    *,
+    transport: Transport = "in-process",
+) -> Env:
     clock = ManualClock(START_NS)
+    app = app or SilentTestCanister()
+    params = params or WsInitParams(DEFAULT_MAX_NUMBER_OF_RETURNED_MESSAGES, T_MS)
+
+    def create_canister(index: int, host: CanisterHost) -> Canister:
+        return Canister(canister_id_for_index(index), host, app, flavor=flavor, params=params)
+
+    if transport == "http":
+        driver = HttpDriver.start(create_canister, clock, SIGNERS, HTTP_REPLICA_CONFIG)
+        canister = driver.replica.canisters[driver.canister_id]
+        assert isinstance(canister, Canister)
+        return Env(flavor, transport, clock, canister, driver, driver.replica.root_key_der, driver.stop)
     host = FakeHost(clock)
-    canister_id = canister_id_for_index(0)
-    canister = Canister(
-        canister_id,
-        host,
-        app or SilentTestCanister(),
-        flavor=flavor,
-        params=params or WsInitParams(DEFAULT_MAX_NUMBER_OF_RETURNED_MESSAGES, T_MS),
+    canister = create_canister(0, host)
+    host.canisters[canister.canister_id] = canister
+    driver_in_process = InProcessDriver(canister, clock)
+    return Env(
+        flavor, transport, clock, canister, driver_in_process, host.root_key_der, canister.shutdown, host
     )
-    host.canisters[canister_id] = canister
-    return Env(flavor, clock, host, canister, InProcessDriver(canister, clock))
 
 
 @pytest.fixture(params=["rust", "motoko"])
@@ -277,11 +327,37 @@ def flavor(request: pytest.FixtureRequest) -> Flavor:
     return value
 
 
+@pytest.fixture(params=["in-process", "http"])
+def transport(request: pytest.FixtureRequest) -> Transport:
+    value: Transport = request.param
+    return value
+
+
 @pytest.fixture
-def env(flavor: Flavor) -> Iterator[Env]:
+def new_env(flavor: Flavor, transport: Transport) -> Iterator[Callable[..., Env]]:
+    """Makes environments of the test's flavour and transport (`new_env(app, params)`), closed after."""
+    made: list[Env] = []
+
+    def new(app: WsApp | None = None, params: WsInitParams | None = None) -> Env:
+        made.append(make_env(flavor, app, params, transport=transport))
+        return made[-1]
+
+    yield new
+    for environment in made:
+        environment.close()
+
+
+@pytest.fixture
+def env(new_env: Callable[..., Env]) -> Env:
+    return new_env()
+
+
+@pytest.fixture
+def local_env(flavor: Flavor) -> Iterator[Env]:
+    """An in-process environment, for tests that reach into the fake host."""
     environment = make_env(flavor)
     yield environment
-    environment.canister.shutdown()
+    environment.close()
 
 
 def wipe(env: Env, max_messages: int = DEFAULT_MAX_NUMBER_OF_RETURNED_MESSAGES, ack_ms: int = T_MS) -> None:
@@ -414,9 +490,9 @@ def test_b_ws_message_accepts_every_form_of_the_second_argument(env: Env, second
     assert env.driver.ws_message(CLIENT_1, message, second_argument=second_argument) == {"Ok": None}
 
 
-def test_b_app_messages_reach_on_message_and_do_not_refresh_keep_alive(flavor: Flavor) -> None:
+def test_b_app_messages_reach_on_message_and_do_not_refresh_keep_alive(new_env: Callable[..., Env]) -> None:
     app = RecordingApp()
-    env = make_env(flavor, app)
+    env = new_env(app)
     env.open(CLIENT_1_KEY)
     env.advance_ms(T_MS)  # ack tick: the client is now checked for keep-alives
     env.message(CLIENT_1_KEY, 1, encode_app_message("test1", 0))
@@ -474,7 +550,7 @@ def test_c4_polling_on_from_the_last_key_yields_every_message_certified(env: Env
             if not result["messages"]:
                 break
             received += env.assert_messages(result, CLIENT_1_KEY, len(received) + 1)
-            nonce = int(result["messages"][-1]["key"].rsplit("_", 1)[1]) + 1
+            nonce = nonce_of(result["messages"][-1]["key"]) + 1
         assert len(received) == sends + 1
         assert service(received[0]) == open_message(CLIENT_1_KEY)
         assert [app_text(m) for m in received[1:]] == [f"test{i}" for i in range(1, sends + 1)]
@@ -544,11 +620,11 @@ def test_c_a_gateway_that_gets_a_client_again_is_not_removed(env: Env) -> None:
 
 
 def test_c_ws_get_messages_only_works_as_a_query(env: Env) -> None:
-    call = TestCanisterCalls.ws_get_messages(0)
+    call = replace(TestCanisterCalls.ws_get_messages(0), kind="update")
     # Nothing to return: no certificate needed, so it replies even as an update.
-    assert call.result(env.canister.handle_update(call.method, call.arg, GATEWAY_1)) == {"Ok": EMPTY_RESULT}
+    assert env.driver.call(call, GATEWAY_1) == {"Ok": EMPTY_RESULT}
     env.open(CLIENT_1_KEY)
-    outcome = env.canister.handle_update(call.method, call.arg, GATEWAY_1)
+    outcome = env.driver.outcome(call, GATEWAY_1)
     assert isinstance(outcome, Reject)
     assert (outcome.code, outcome.error_code) == (CANISTER_ERROR, "IC0503")
     assert "data certificate" in outcome.message
@@ -579,9 +655,9 @@ def test_d3_only_the_clients_gateway_can_close_it(env: Env) -> None:
     }
 
 
-def test_d4_the_gateway_closes_its_client_once(flavor: Flavor) -> None:
+def test_d4_the_gateway_closes_its_client_once(new_env: Callable[..., Env]) -> None:
     app = RecordingApp()
-    env = make_env(flavor, app)
+    env = new_env(app)
     env.open(CLIENT_1_KEY)
     assert env.driver.ws_close(GATEWAY_1, CLIENT_1_KEY) == {"Ok": None}
     assert env.driver.ws_close(GATEWAY_1, CLIENT_1_KEY) == {
@@ -609,9 +685,9 @@ def test_e_send_returns_the_first_error(env: Env) -> None:
     assert env.driver.send(CLIENT_1, []) == {"Ok": None}
 
 
-def test_f_close(flavor: Flavor) -> None:
+def test_f_close(new_env: Callable[..., Env]) -> None:
     app = RecordingApp()
-    env = make_env(flavor, app)
+    env = new_env(app)
     not_connected = {"Err": f"Client with principal {text(CLIENT_1)} doesn't have an open connection"}
     assert env.driver.close(CLIENT_1) == not_connected
     env.open(CLIENT_1_KEY)
@@ -728,9 +804,9 @@ def test_h_a_client_moves_to_another_gateway(env: Env) -> None:
         assert [app_text(m) for m in decoded[1:]] == [f"test{i}" for i in range(1, 6)]
 
 
-def test_h_reopening_with_a_new_nonce_replaces_the_old_key_silently(flavor: Flavor) -> None:
+def test_h_reopening_with_a_new_nonce_replaces_the_old_key_silently(new_env: Callable[..., Env]) -> None:
     app = RecordingApp()
-    env = make_env(flavor, app)
+    env = new_env(app)
     env.open(ClientKey(CLIENT_1, 1), GATEWAY_1)
     env.open(ClientKey(CLIENT_1, 2), GATEWAY_2)
     assert app.events == [("open", CLIENT_1), ("close", CLIENT_1), ("open", CLIENT_1)]
@@ -826,10 +902,10 @@ def test_trimming_keeps_new_plus_old_minus_five(env: Env) -> None:
         env.open(CLIENT_1_KEY)
         env.send_texts(CLIENT_1, 1, old - 1 if old else 0)
         queued_old = env.queue_len(GATEWAY_1)
-        env.clock.advance(T_MS * 1_000_000 - 1)  # just before the tick: nothing is too old yet
+        env.advance_ns(T_MS * MS - 1)  # just before the tick: nothing is too old yet
         env.send_texts(CLIENT_1, 1, 1)
         assert env.queue_len(GATEWAY_1) == queued_old + 1
-        env.clock.advance(2)  # the tick sends one ack; every earlier message is now older than T
+        env.advance_ns(2)  # the tick sends one ack; every earlier message is now older than T
         assert env.queue_len(GATEWAY_1) == 1 + 1 + max(queued_old - 5, 0)
 
 
@@ -853,9 +929,9 @@ def test_gateway_client_counting(env: Env) -> None:
     assert env.poll(GATEWAY_1, 0)["messages"][0]["key"] == key_of(GATEWAY_1, 0)
 
 
-def test_removing_a_client_with_a_reason_queues_the_close_message_first(flavor: Flavor) -> None:
+def test_removing_a_client_with_a_reason_queues_the_close_message_first(new_env: Callable[..., Env]) -> None:
     app = RecordingApp()
-    env = make_env(flavor, app)
+    env = new_env(app)
     env.open(CLIENT_1_KEY)
 
     def on_close(client_principal: bytes) -> None:
@@ -925,14 +1001,16 @@ def test_motoko_module_level_close_skips_on_close() -> None:
 # === the canister: Candid ABI, methods, certification ======================================================
 
 
-def test_certified_data_follows_every_change(env: Env) -> None:
+def test_certified_data_follows_every_change(local_env: Env) -> None:
+    env, host = local_env, local_env.host
+    assert host is not None
     assert env.canister.certified_data == b""  # nothing certified before the first message
     env.open(CLIENT_1_KEY)
-    changes = env.host.certified_data_changes
+    changes = host.certified_data_changes
     assert changes >= 1
     assert env.canister.certified_data == expected_certified_data(env)
     env.send_texts(CLIENT_1, 1, 3)
-    assert env.host.certified_data_changes == changes + 3
+    assert host.certified_data_changes == changes + 3
     assert env.canister.certified_data == expected_certified_data(env)
     env.assert_certified(env.poll(GATEWAY_1, 0))
 
@@ -944,7 +1022,8 @@ def expected_certified_data(env: Env) -> bytes:
     return labeled_hash(b"websocket", rebuilt.root_hash())
 
 
-def test_undecodable_arguments_are_a_trap(env: Env) -> None:
+def test_undecodable_arguments_are_a_trap(local_env: Env) -> None:
+    env = local_env
     for method in ("ws_open", "ws_message", "ws_close", "send", "close", "wipe"):
         outcome = env.canister.handle_update(method, b"DIDL\x00\x01\x71\x03abc", CLIENT_1)
         assert isinstance(outcome, Reject), method
@@ -956,7 +1035,8 @@ def test_undecodable_arguments_are_a_trap(env: Env) -> None:
     assert outcome.error_code == "IC0503"
 
 
-def test_unknown_methods_and_method_kinds(env: Env) -> None:
+def test_unknown_methods_and_method_kinds(local_env: Env) -> None:
+    env = local_env
     canister_text = "rrkah-fqaaa-aaaaa-aaaaq-cai"
     assert text(env.canister_id) == canister_text
     assert env.canister.handle_update("nope", b"", CLIENT_1) == Reject(
@@ -973,9 +1053,9 @@ def test_unknown_methods_and_method_kinds(env: Env) -> None:
     assert env.canister.method_kind("ws_wipe") is None
 
 
-def test_callers_are_who_the_cdk_sees() -> None:
+def test_callers_are_who_the_cdk_sees(new_env: Callable[..., Env]) -> None:
     app = RecordingApp()
-    env = make_env("rust", app)
+    env = new_env(app)
     # ws_open's caller is the client; ws_close's and ws_get_messages' are the gateway.
     env.open(CLIENT_1_KEY, GATEWAY_2)
     assert app.events == [("open", CLIENT_1)]
@@ -986,12 +1066,12 @@ def test_callers_are_who_the_cdk_sees() -> None:
     assert env.driver.send(CLIENT_1, [b"x"], caller=GATEWAY_1) == {"Ok": None}
 
 
-def test_an_exception_in_app_code_is_a_trap() -> None:
+def test_an_exception_in_app_code_is_a_trap(new_env: Callable[..., Env]) -> None:
     class Exploding(SilentTestCanister):
         def on_message(self, client_principal: bytes, message: bytes) -> None:
             raise ZeroDivisionError("app bug")
 
-    env = make_env("rust", Exploding())
+    env = new_env(Exploding())
     env.open(CLIENT_1_KEY)
     with pytest.raises(CallRejected) as rejected:
         env.message(CLIENT_1_KEY, 1, b"")
@@ -1002,12 +1082,14 @@ def test_an_exception_in_app_code_is_a_trap() -> None:
 def test_the_sdk_arguments_from_the_protocol_notes_decode() -> None:
     env = make_env("rust")
     assert TestCanisterCalls.ws_get_messages(0).arg.hex() == "4449444c016c01ef9999fe097801000000000000000000"
-    # ws_close for CLIENT_1 with nonce 1, as the reference gateway encodes it (PROTOCOL.md §9 step 11).
+    # ws_close for the CDK suite's CLIENT_1 (PROTOCOL.md §8) with nonce 1, as the reference gateway
+    # encodes it (PROTOCOL.md §9 step 11).
+    suite_client_1 = principal_from_text("pmisz-prtlk-b6oe6-bj4fl-6l5fy-h7c2h-so6i7-jiz2h-bgto7-piqfr-7ae")
     close_arg = bytes.fromhex(
         "4449444c026c02fa80a2940568bbd1eacd0e786c01ebb49ce903000101011d335a83e713c14f0abf2fa5c1fe2d1e4ef23e94"
         "674709a6efbd102c7e020100000000000000"
     )
-    env.open(CLIENT_1_KEY)
+    env.open(ClientKey(suite_client_1, 1))
     assert env.canister.handle_update("ws_close", close_arg, GATEWAY_1) == Reply(
         candid_encode_values("(CanisterWsCloseResult)", [{"Ok": None}])
     )
@@ -1016,14 +1098,14 @@ def test_the_sdk_arguments_from_the_protocol_notes_decode() -> None:
 # === the test canister app =================================================================================
 
 
-def test_default_app_plays_ping_pong(flavor: Flavor) -> None:
-    env = make_env(flavor, TestCanister())
+def test_default_app_plays_ping_pong(new_env: Callable[..., Env]) -> None:
+    env = new_env(TestCanister())
     env.open(CLIENT_1_KEY)
     decoded = env.assert_messages(env.poll(GATEWAY_1, 0), CLIENT_1_KEY, 1)
     assert service(decoded[0]) == open_message(CLIENT_1_KEY)
     ping = decode_app_message(decoded[1]["content"])
     assert ping == {"text": "ping", "timestamp": START_NS}
-    env.clock.advance(5)
+    env.advance_ns(5)
     assert env.message(CLIENT_1_KEY, 1, encode_app_message("ping-pong", 0)) == {"Ok": None}
     decoded = env.assert_messages(env.poll(GATEWAY_1, 2), CLIENT_1_KEY, 3)
     assert decode_app_message(decoded[0]["content"]) == {"text": "ping-pong ping", "timestamp": START_NS + 5}

@@ -11,6 +11,8 @@ import pytest
 import uvloop
 
 from icgw import core
+from icgw.leb128 import decode_unsigned
+from icgw.leb128 import encode_unsigned as leb128
 from icgw.replica import Replica
 from icgw.replica.clock import ManualClock
 from icgw.replica.config import FaultConfig, ReplicaConfig
@@ -21,7 +23,6 @@ from icgw.replica.state import (
     IngressRecord,
     SmallMap,
     SubnetInfo,
-    leb128,
     request_status_subtree,
     subnet_subtrees,
 )
@@ -778,14 +779,10 @@ async def test_admin_advances_time_and_the_next_certificate_follows(
     certificate = (await agent.read_state(CANISTER, [[b"time"]])).cbor()["certificate"]
     certified = lookup(certificate, b"time")[1]
     assert certified is not None
-    assert _leb128_decode(certified) == before + 121_500_000_000
+    assert decode_unsigned(certified) == before + 121_500_000_000
     bad = await agent.post("/_admin/advance_time", b'{"seconds": -1}')
     assert bad.status == 400
     assert (await agent.get("/_admin/time")).status == 200
-
-
-def _leb128_decode(data: bytes) -> int:
-    return sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(data))
 
 
 def _fault_config(**fractions: float) -> ReplicaConfig:

@@ -166,6 +166,12 @@ class GatewayRuntime:
             log.info("SIGHUP: TLS is not enabled, nothing to reload")
             return
         try:
+            # The files are checked in a context of their own first. Loading into the live context swaps
+            # the certificate before it checks the key, so files caught half rewritten (a new certificate,
+            # the old key) would leave it presenting a certificate it has no key for, and every new
+            # handshake would fail. The listening socket keeps the context object it was created with,
+            # so the live context itself must be reloaded once the files are known to be good.
+            self._load_certificate(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
             self._load_certificate(self.ssl_context)
         except (OSError, ssl.SSLError) as error:
             log.error("SIGHUP: could not reload the TLS certificate, keeping the old one: %s", error)

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import time
 
 from icgw.core import Ed25519Identity, MessagesBatch, candid_decode_values
 from icgw.gateway.poller import FatalPollError, TransientPollError
-from icgw.ic.agent import IcAgent
+from icgw.ic.agent import CallOutcome, IcAgent
 from icgw.ic.errors import IcError, IcRejectError, IcVerificationError
 
 # Reject codes after which polling the same canister again may work (IC-INTERFACE.md §7): a transient
 # system condition, or a canister error such as a stopped or upgrading canister.
 _RETRYABLE_REJECT_CODES = frozenset({2, 5})
+log = logging.getLogger(__name__)
+
+# A relayed envelope that meets a transient failure (HTTP 5xx or 429 after the agent's own pauses, a refused
+# or dropped connection, a timeout) is sent again, byte for byte, with growing pauses, for this long. The IC
+# knows a call by its request id, so a copy of one it already received is not executed twice. The client's
+# later envelopes wait behind it in its relay, so one lost envelope never becomes a sequence-number gap
+# that makes the CDK close the client.
+RELAY_RETRY_WINDOW_S = 30.0
+RELAY_RETRY_FIRST_PAUSE_S = 0.05
+RELAY_RETRY_MAX_PAUSE_S = 2.0
 # `variant { Ok : null; Err : text }` = Ok, as the candid crate encodes it (the CDK's and the emulator's
 # encoder); anything else is decoded properly.
 _OK_NULL = bytes.fromhex("4449444c016b02bc8a017fc5fed201710100" + "00")
@@ -51,11 +64,25 @@ class AgentBackend:
         self.certificate_max_age_ns = certificate_max_age_ns
 
     async def submit_call(self, canister_id: bytes, envelope: bytes) -> None:
-        outcome = await self.agent.submit_call(canister_id, envelope, wait=False)
+        outcome = await self._submit_with_retries(canister_id, envelope)
         if outcome.status in ("rejected", "non_replicated_rejection"):
             outcome.reply_or_raise()
         if outcome.status == "replied" and outcome.reply is not None:
             _raise_if_err(outcome.reply)
+
+    async def _submit_with_retries(self, canister_id: bytes, envelope: bytes) -> CallOutcome:
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + RELAY_RETRY_WINDOW_S
+        pause = RELAY_RETRY_FIRST_PAUSE_S
+        while True:
+            try:
+                return await self.agent.submit_call(canister_id, envelope, wait=False)
+            except IcError as error:
+                if not error.retryable or loop.time() + pause > give_up_at:
+                    raise
+                log.info("relaying a call failed (%s); sending it again in %.2fs", error, pause)
+            await asyncio.sleep(random.uniform(pause / 2, pause))
+            pause = min(RELAY_RETRY_MAX_PAUSE_S, pause * 2)
 
     async def query_messages(self, canister_id: bytes, arg: bytes) -> bytes:
         try:

@@ -19,6 +19,7 @@ from icgw.core import MessagesBatch, candid_encode_values, encode_handshake, pri
 from icgw.gateway.observer import GatewayObserver
 from icgw.gateway.poller import CanisterPoller
 from icgw.gateway.relay import OrderedRelay
+from icgw.ic.errors import IcError
 
 if TYPE_CHECKING:
     from icgw.gateway.session import ClientKey, ClientSession
@@ -68,6 +69,15 @@ class IcBackend(Protocol):
     def verify_batch(self, canister_id: bytes, batch: MessagesBatch) -> None:
         """Raise CertificateError unless the batch is certified by the IC for this canister."""
         ...
+
+
+def relay_error_kind(error: BaseException) -> str:
+    """The metric label of a failed relay: the IC said no, could not be reached, or did not answer in time."""
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, IcError) and error.retryable:
+        return "ic_unavailable"
+    return "rejected"
 
 
 class Hub:
@@ -129,14 +139,17 @@ class Hub:
         canister_id = session.canister_id
         metrics = self.metrics
 
-        def done(method: str, seconds: float) -> None:
-            metrics.relayed(method, 0, seconds)
+        def done(method: str, nbytes: int, seconds: float) -> None:
+            metrics.relayed(method, nbytes, seconds)
             poller = self.pollers.get(canister_id)
             if poller is not None:
-                poller.wake()
+                if method == "ws_open" and session.client_key is not None:
+                    poller.open_accepted(session.client_key)
+                else:
+                    poller.wake()
 
         def failed(method: str, error: BaseException) -> None:
-            metrics.relay_failed(type(error).__name__)
+            metrics.relay_failed(relay_error_kind(error))
             log.info("the IC refused %s from %s: %s", method, session.peer, error)
             session.relay_failed(method, error)
 

@@ -4,6 +4,12 @@ Timing (PROTOCOL.md §5.4, improved): poll again at once while the canister says
 or while messages keep coming; otherwise wait for the next tick of the polling interval, or less when a
 client's call was just relayed (the reply to it is likely queued already). Transient failures back off with
 jitter and keep every client; a batch whose certificate does not verify is never relayed.
+
+A canister's queue for this gateway can start again from nonce 0 while the poller is further on: the
+canister was reinstalled, or the replica lost its state. Polling on from the old nonce would then hide
+every new message until the new nonces caught up. The poller notices when a client's ws_open was accepted
+but the queue is drained without its OpenMessage, checks the last message it relayed (see
+`_queue_restarted`) and, if the queue did start again, polls from 0.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from picows import WSCloseCode
 
 from icgw.core import CertificateError, CoreError, MessagesBatch, decode_messages_reply, principal_to_text
 from icgw.gateway.observer import GatewayObserver
+from icgw.observability.tracing import NOOP_SPAN, TraceSpan, poll_span
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,8 @@ class CanisterPoller:
         observer: GatewayObserver | None = None,
     ) -> None:
         self.canister_id = canister_id
+        # Computed once: logs and every poll span name the canister by its text form.
+        self.canister_text = principal_to_text(canister_id)
         self.clients: dict[tuple[bytes, int], PollerClient] = {}
         self._query = query
         self._verify = verify
@@ -89,6 +98,12 @@ class CanisterPoller:
         self._metrics = observer or GatewayObserver()
         self._wake = asyncio.Event()
         self._next_nonce = 0
+        # The last batch relayed: it holds the message at `_next_nonce - 1`, for `_queue_restarted`.
+        self._last_batch: MessagesBatch | None = None
+        # Clients whose ws_open the IC accepted and whose first message has not come yet, with the
+        # number of the first poll that started after the acceptance.
+        self._awaiting_first_message: dict[tuple[bytes, int], int] = {}
+        self._polls_started = 0
         self._failures = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -109,6 +124,12 @@ class CanisterPoller:
         """Poll soon: a client call was just relayed, so its effects are probably queued."""
         self._wake.set()
 
+    def open_accepted(self, client_key: tuple[bytes, int]) -> None:
+        """The IC accepted this client's ws_open: the canister queues its OpenMessage, so a poll that
+        drains the queue without it means the queue started again below the poller's nonce."""
+        self._awaiting_first_message.setdefault(client_key, self._polls_started)
+        self._wake.set()
+
     @property
     def next_nonce(self) -> int:
         return self._next_nonce
@@ -117,6 +138,7 @@ class CanisterPoller:
 
     async def _run(self) -> None:
         idle_since: float | None = None
+        iteration = 0
         try:
             while not self._stopping:
                 started = time.monotonic()
@@ -124,7 +146,10 @@ class CanisterPoller:
                 # in flight (a call relayed meanwhile, whose reply this answer cannot hold) must cut the
                 # next sleep short instead of being forgotten.
                 self._wake.clear()
-                delay = await self._poll_once()
+                # One span per poll (sampled), none per message: the fan-out stays free of tracing work.
+                with poll_span(self.canister_text, iteration) as span:
+                    delay = await self._poll_once(span)
+                iteration += 1
                 if self.clients:
                     idle_since = None
                 else:
@@ -134,7 +159,7 @@ class CanisterPoller:
                 if delay > 0 and not self._stopping:
                     await self._sleep(delay - (time.monotonic() - started))
         except Exception:
-            log.exception("poller for canister %s failed", self._canister_text())
+            log.exception("poller for canister %s failed", self.canister_text)
             self._close_all(WSCloseCode.INTERNAL_ERROR, "the gateway's poller for this canister failed")
         finally:
             self._on_stop(self)
@@ -145,39 +170,47 @@ class CanisterPoller:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
-    async def _poll_once(self) -> float:
+    async def _poll_once(self, span: TraceSpan = NOOP_SPAN) -> float:
         """One query and its fan-out; returns how long to wait before the next one (0: at once)."""
+        if span.is_recording():
+            span.set_attribute("icgw.poll.nonce", self._next_nonce)
+        poll_number = self._polls_started
+        self._polls_started += 1
         arg = ws_get_messages_arg(self._next_nonce)
         started = time.perf_counter()
         try:
             reply = await asyncio.wait_for(self._query(self.canister_id, arg), self._timeout)
         except TimeoutError:
-            self._metrics.poll("timeout", time.perf_counter() - started)
-            log.warning("ws_get_messages on %s timed out; polling again", self._canister_text())
+            self._record_poll(span, "timeout", started)
+            log.warning("ws_get_messages on %s timed out; polling again", self.canister_text)
             return 0.0
         except TransientPollError as error:
-            self._metrics.poll("error", time.perf_counter() - started)
+            self._record_poll(span, "error", started)
             return self._backoff(f"ws_get_messages failed: {error}")
         except FatalPollError as error:
-            self._metrics.poll("error", time.perf_counter() - started)
-            log.error("canister %s cannot be polled: %s", self._canister_text(), error)
+            self._record_poll(span, "error", started)
+            log.error("canister %s cannot be polled: %s", self.canister_text, error)
             self._close_all(WSCloseCode.BAD_GATEWAY, f"the canister cannot be polled: {error}"[:120])
             self._stopping = True
             return 0.0
         try:
             batch = decode_messages_reply(reply)
         except CoreError as error:  # MessagesError, CandidError: not a usable reply
-            self._metrics.poll("error", time.perf_counter() - started)
+            self._record_poll(span, "error", started)
             return self._backoff(f"unusable ws_get_messages reply: {error}")
         if len(batch) == 0:
             self._failures = 0
-            self._metrics.poll("empty", time.perf_counter() - started)
+            self._record_poll(span, "empty", started)
+            if self._first_message_overdue(poll_number):
+                return await self._check_queue_restart(poll_number, span)
             return self._interval
         try:
             self._verify(batch)
         except CertificateError as error:
             self._metrics.certificate_failure()
-            self._metrics.poll("error", time.perf_counter() - started)
+            self._record_poll(span, "error", started)
+            if span.is_recording():
+                span.set_attribute("icgw.poll.certificate_error", str(error))
             return self._backoff(f"a batch failed verification and was not relayed: {error}")
         self._failures = 0
         first, last = batch.first_nonce, batch.last_nonce
@@ -186,9 +219,16 @@ class CanisterPoller:
         self._check_continuity(first)
         self._fan_out(batch)
         self._next_nonce = last + 1
-        self._metrics.poll("messages", time.perf_counter() - started)
+        self._last_batch = batch
+        self._record_poll(span, "messages", started)
+        if span.is_recording():
+            span.set_attribute("icgw.poll.messages", len(batch))
         # More may be queued already (not drained, or a burst in progress): ask again at once.
         return 0.0
+
+    def _record_poll(self, span: TraceSpan, outcome: str, started: float) -> None:
+        self._metrics.poll(outcome, time.perf_counter() - started)
+        span.set_attribute("icgw.poll.outcome", outcome)
 
     def _check_continuity(self, first_nonce: int) -> None:
         if self._next_nonce != 0 and first_nonce != self._next_nonce:
@@ -196,7 +236,7 @@ class CanisterPoller:
             # their sequence numbers; the poller resynchronises instead of giving up on every client.
             log.warning(
                 "canister %s skipped from nonce %d to %d",
-                self._canister_text(),
+                self.canister_text,
                 self._next_nonce,
                 first_nonce,
             )
@@ -204,21 +244,82 @@ class CanisterPoller:
 
     def _fan_out(self, batch: MessagesBatch) -> None:
         clients = self.clients
+        awaiting = self._awaiting_first_message
         for principal, nonce, frame in batch.routed_frames():
-            client = clients.get((principal, nonce))
+            key = (principal, nonce)
+            client = clients.get(key)
             if client is not None:
                 client.deliver(frame)
+            if awaiting:
+                awaiting.pop(key, None)
+
+    # --- a queue that started again ----------------------------------------------------------------
+
+    def _first_message_overdue(self, poll_number: int) -> bool:
+        """Whether this drained poll started after some client's ws_open was accepted, without its
+        first message coming. Only a poller past nonce 0 can have missed it."""
+        awaiting = self._awaiting_first_message
+        return (
+            bool(awaiting)
+            and self._next_nonce > 0
+            and any(first_poll <= poll_number for first_poll in awaiting.values())
+        )
+
+    async def _check_queue_restart(self, poll_number: int, span: TraceSpan) -> float:
+        restarted = await self._queue_restarted()
+        if span.is_recording():
+            span.set_attribute("icgw.poll.queue_restarted", str(restarted).lower())
+        if restarted is None:  # the IC could not tell us now; the next drained poll asks again
+            return self._interval
+        if not restarted:
+            # The OpenMessages are still to come (their calls were accepted but not executed yet).
+            for key, first_poll in list(self._awaiting_first_message.items()):
+                if first_poll <= poll_number:
+                    del self._awaiting_first_message[key]
+            return self._interval
+        log.warning(
+            "canister %s started its message queue for this gateway again (reinstalled, or the replica "
+            "lost its state): polling from nonce 0 instead of %d",
+            self.canister_text,
+            self._next_nonce,
+        )
+        self._metrics.nonce_gap()
+        self._next_nonce = 0
+        self._last_batch = None
+        self._awaiting_first_message.clear()  # the poll from 0 brings their OpenMessages
+        return 0.0
+
+    async def _queue_restarted(self) -> bool | None:
+        """Whether the canister's queue for this gateway started again from nonce 0; None if unknown.
+
+        Asks for the last message relayed, at `_next_nonce - 1`. A queue that went on still holds it, or,
+        if the canister trimmed it, holds newer messages (the CDK trims only when it queues a new one). A
+        queue that started again holds nothing that far, or another message under that nonce.
+        """
+        last = self._last_batch
+        nonce = self._next_nonce - 1
+        try:
+            reply = await asyncio.wait_for(
+                self._query(self.canister_id, ws_get_messages_arg(nonce)), self._timeout
+            )
+            probe = decode_messages_reply(reply)
+            if len(probe) == 0:
+                return True
+            self._verify(probe)
+        except (TimeoutError, TransientPollError, FatalPollError, CoreError) as error:
+            log.info("canister %s: cannot check its queue now: %s", self.canister_text, error)
+            return None
+        if last is None or probe.first_nonce != nonce:
+            return False
+        return probe.messages[0][3] != last.messages[-1][3]
 
     def _backoff(self, reason: str) -> float:
         self._failures += 1
         delay = min(MAX_BACKOFF_S, self._interval * (2 ** min(self._failures, 10)))
         delay = random.uniform(delay / 2, delay)
-        log.warning("canister %s: %s; retrying in %.2fs", self._canister_text(), reason, delay)
+        log.warning("canister %s: %s; retrying in %.2fs", self.canister_text, reason, delay)
         return delay
 
     def _close_all(self, code: WSCloseCode, reason: str) -> None:
         for client in list(self.clients.values()):
             client.close_from_gateway(code, reason)
-
-    def _canister_text(self) -> str:
-        return principal_to_text(self.canister_id)

@@ -48,7 +48,7 @@ class OrderedRelay:
         submit: CallSubmitter,
         *,
         max_pending: int,
-        on_done: Callable[[str, float], None],
+        on_done: Callable[[str, int, float], None],
         on_error: Callable[[str, BaseException], Awaitable[None] | None],
     ) -> None:
         self._canister_id = canister_id
@@ -95,7 +95,7 @@ class OrderedRelay:
                     if outcome is not None:
                         await outcome
                 else:
-                    self._on_done(method_name, time.perf_counter() - queued_at)
+                    self._on_done(method_name, len(envelope), time.perf_counter() - queued_at)
                 if self._pending:
                     self._pending.popleft()
         finally:

@@ -17,6 +17,7 @@ Close codes sent to clients (documented in the README):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import logging
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 from icgw.core import CandidError, FrameError, candid_decode_values, decode_client_frame, principal_to_text
 from icgw.gateway.limits import TokenBucket
 from icgw.gateway.relay import OrderedRelay, RelayFull
+from icgw.observability.tracing import TraceSpan, connection_span, tracing_enabled
 
 if TYPE_CHECKING:
     from icgw.gateway.hub import Hub
@@ -45,6 +47,31 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
+class ConnectionTrace:
+    """The span of one connection, open from its admission to its disconnection.
+
+    A session lives in picows callbacks, not in one coroutine, and the callbacks of every connection share
+    the loop's context. The span's context manager makes its span current where it is entered, so it is
+    entered and left in a private copy of the context: no other connection's work ever runs under it.
+    """
+
+    __slots__ = ("_context", "_manager", "span")
+
+    def __init__(self, peer: str) -> None:
+        self._manager = connection_span(peer)
+        self._context = contextvars.copy_context()
+        self.span: TraceSpan = self._context.run(self._manager.__enter__)
+
+    def registered(self, canister_id: bytes) -> None:
+        if self.span.is_recording():
+            self.span.set_attribute("icgw.canister_id", principal_to_text(canister_id))
+
+    def end(self, close_reason: str) -> None:
+        if self.span.is_recording():
+            self.span.set_attribute("icgw.close_reason", close_reason)
+        self._context.run(self._manager.__exit__, None, None, None)
+
+
 class ClientSession(WSListener):
     """A picows listener: every callback runs on the event loop and never blocks."""
 
@@ -54,6 +81,7 @@ class ClientSession(WSListener):
         "_closing",
         "_limiter",
         "_open_timer",
+        "_trace",
         "canister_id",
         "client_key",
         "hub",
@@ -77,6 +105,7 @@ class ClientSession(WSListener):
         self._open_timer: asyncio.TimerHandle | None = None
         self._close_reason = "client_close"
         self._closing = False
+        self._trace: ConnectionTrace | None = None  # only while tracing is on
 
     # --- picows callbacks --------------------------------------------------------------------------
 
@@ -87,6 +116,8 @@ class ClientSession(WSListener):
         if not self.hub.admit(self):
             self.close_from_gateway(WSCloseCode.TRY_AGAIN_LATER, "the gateway is at its connection limit")
             return
+        if tracing_enabled():
+            self._trace = ConnectionTrace(self.peer)
         transport.send(WSMsgType.BINARY, self.hub.handshake)
         self._open_timer = asyncio.get_running_loop().call_later(
             self.hub.config.open_timeout_s, self._open_timed_out
@@ -120,6 +151,9 @@ class ClientSession(WSListener):
         self.hub.release(
             self, self._close_reason, registered=previous in (SessionState.OPENING, SessionState.OPEN)
         )
+        if self._trace is not None:
+            self._trace.end(self._close_reason)
+            self._trace = None
 
     # --- frames from the client ------------------------------------------------------------------
 
@@ -179,6 +213,8 @@ class ClientSession(WSListener):
         self.canister_id = canister_id
         self.client_key = client_key
         self.state = SessionState.OPENING
+        if self._trace is not None:
+            self._trace.registered(canister_id)
         self.relay = self.hub.new_relay(self)
         self._push(method, envelope)
 

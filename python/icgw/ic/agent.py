@@ -32,6 +32,7 @@ from typing import Literal, NoReturn, TypeAlias, TypeVar
 import aiohttp
 
 from icgw import core
+from icgw.leb128 import decode_unsigned
 
 from .errors import (
     IcError,
@@ -749,7 +750,7 @@ def _request_status_outcome(certificate: bytes, request_id: bytes) -> CallOutcom
         return CallOutcome(
             request_id,
             "rejected",
-            reject_code=_leb128(_lookup_found(tree, [*prefix, b"reject_code"])),
+            reject_code=_nat(_lookup_found(tree, [*prefix, b"reject_code"])),
             reject_message=_lookup_found(tree, [*prefix, b"reject_message"]).decode("utf-8", "replace"),
             error_code=None if error_code is None else error_code.decode("utf-8", "replace"),
             certificate=certificate,
@@ -803,15 +804,6 @@ def _check_in_legacy_ranges(tree: bytes, subnet_id: bytes, canister_id: bytes) -
     )
 
 
-def _leb128(data: bytes) -> int:
-    value = 0
-    for shift, byte in enumerate(data):
-        value |= (byte & 0x7F) << (7 * shift)
-        if not byte & 0x80:
-            return value
-    raise IcProtocolError("a truncated LEB128 number in the certificate")
-
-
 def _raise_unknown_node(canister_id: bytes, node_id: bytes, nodes: _SubnetNodes) -> NoReturn:
     raise IcVerificationError(
         f"node {_text(node_id)} is not a node of subnet {_text(nodes.subnet_id)}, "
@@ -823,3 +815,10 @@ def _path_text(path: list[bytes]) -> str:
     return "/" + "/".join(
         label.decode() if re.fullmatch(rb"[a-z_]+", label) else "0x" + label.hex() for label in path
     )
+
+
+def _nat(leaf: bytes) -> int:
+    try:
+        return decode_unsigned(leaf)
+    except ValueError as error:
+        raise IcProtocolError(f"a malformed number in the certificate: {error}") from error

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias, Union
 
 from icgw import core
+from icgw.leb128 import encode_unsigned
 from icgw.replica.interfaces import Outcome, Reply
 from icgw.replica.merkle import CertifiedMap, HashTree
 
@@ -58,19 +59,6 @@ def labeled_digest(label: bytes, subtree_digest: bytes) -> bytes:
 
 def leaf_digest(value: bytes) -> bytes:
     return _sha256(_LEAF + value).digest()
-
-
-def leb128(n: int) -> bytes:
-    """Unsigned LEB128, the encoding of nat leaves such as /time and reject_code."""
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 # A witness node in CBOR array form; `Tree` is what `core.cbor_encode` turns into hash-tree CBOR.
@@ -311,7 +299,7 @@ def request_status_subtree(record: IngressRecord) -> SmallMap:
     if record.status == "replied" and isinstance(outcome, Reply):
         fields.set(b"reply", outcome.arg)
     elif record.status == "rejected" and outcome is not None and not isinstance(outcome, Reply):
-        fields.set(b"reject_code", leb128(outcome.code))
+        fields.set(b"reject_code", encode_unsigned(outcome.code))
         fields.set(b"reject_message", outcome.message.encode())
         if outcome.error_code is not None:
             fields.set(b"error_code", outcome.error_code.encode())
@@ -428,7 +416,7 @@ class CertifiedState:
         """Sign the current tree with /time = now: one BLS signature covering every change."""
         if self.certified is not None and now_ns < self.certified.time_ns:
             now_ns = self.certified.time_ns  # certified time never goes backwards
-        self._time = leb128(now_ns)
+        self._time = encode_unsigned(now_ns)
         root_hash = self._top().digest()
         signature = core.bls_sign(self._secret, STATE_ROOT_DOMAIN + root_hash)
         self._round += 1

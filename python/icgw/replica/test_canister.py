@@ -8,11 +8,14 @@ message with the received text + " ping". `SilentTestCanister` keeps the interfa
 own test canister that the CDK integration suite (PROTOCOL.md §11) runs against, sends nothing by itself.
 
 `TestCanisterCalls` builds the Candid of every call of that interface and decodes the results, for any
-transport; `InProcessDriver` uses it to call a `HostedCanister` directly, with a clock to move time.
+transport. `TestCanisterDriver` turns them into calls from a given principal for a test suite to use;
+`InProcessDriver` calls a `HostedCanister` directly and moves its clock; the tests add one that goes
+through a running replica's HTTP interface with signed envelopes.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import Any, ClassVar
 from icgw.core import ANONYMOUS, candid_decode_values, candid_encode_values
 from icgw.replica.apps import APP_MESSAGE_DID, WsApp, candid_method
 from icgw.replica.cdk import ClientKey, IncomingMessage, WsError, WsInitParams
-from icgw.replica.clock import CanisterClock
+from icgw.replica.clock import NS_PER_MS, CanisterClock
 from icgw.replica.interfaces import HostedCanister, MethodKind, Outcome, Reject
 
 CANDID_INTERFACE_PATH = Path(__file__).with_name("test_canister.did")
@@ -189,19 +192,26 @@ class TestCanisterCalls:
         return CanisterCall("wipe", "update", arg, "()")
 
 
-class InProcessDriver:
-    """Calls a hosted test canister directly, with Candid on the way in and out, and moves its clock."""
+class TestCanisterDriver(ABC):
+    """Calls the test canister's methods as a given caller and moves canister time.
 
-    def __init__(self, canister: HostedCanister, clock: CanisterClock) -> None:
-        self.canister = canister
-        self.clock = clock
+    The methods below are the same for every transport; a subclass only says how one encoded call
+    reaches the canister (`outcome`) and how time moves (`advance_ns`). Results are the decoded Candid
+    values; a reject raises `CallRejected`.
+    """
+
+    __test__ = False
+
+    @abstractmethod
+    def outcome(self, call: CanisterCall, caller: bytes) -> Outcome:
+        """Run one call as `caller` and return what the canister answered."""
+
+    @abstractmethod
+    def advance_ns(self, nanoseconds: int) -> None:
+        """Move canister time forward; the timers that fall due fire."""
 
     def call(self, call: CanisterCall, caller: bytes) -> Any:
-        if call.kind == "query":
-            outcome = self.canister.handle_query(call.method, call.arg, caller)
-        else:
-            outcome = self.canister.handle_update(call.method, call.arg, caller)
-        return call.result(outcome)
+        return call.result(self.outcome(call, caller))
 
     def ws_open(self, client_principal: bytes, client_nonce: int, gateway_principal: bytes) -> Any:
         return self.call(TestCanisterCalls.ws_open(client_nonce, gateway_principal), client_principal)
@@ -231,4 +241,20 @@ class InProcessDriver:
         )
 
     def advance_ms(self, milliseconds: int) -> None:
-        self.clock.advance_ms(milliseconds)
+        self.advance_ns(milliseconds * NS_PER_MS)
+
+
+class InProcessDriver(TestCanisterDriver):
+    """Calls a hosted test canister directly, with Candid on the way in and out, and moves its clock."""
+
+    def __init__(self, canister: HostedCanister, clock: CanisterClock) -> None:
+        self.canister = canister
+        self.clock = clock
+
+    def outcome(self, call: CanisterCall, caller: bytes) -> Outcome:
+        if call.kind == "query":
+            return self.canister.handle_query(call.method, call.arg, caller)
+        return self.canister.handle_update(call.method, call.arg, caller)
+
+    def advance_ns(self, nanoseconds: int) -> None:
+        self.clock.advance(nanoseconds)

@@ -29,6 +29,7 @@ from icgw.core import (
     lookup_path,
     verify_certificate,
 )
+from icgw.leb128 import decode_unsigned
 
 from .errors import VerificationError
 
@@ -116,7 +117,7 @@ class MessageVerifier:
         time_leaf = _found(state_tree, _TIME_PATH)
         if time_leaf is None:
             raise VerificationError(f"{_FAILED}: the certificate has no /time")
-        self._certificates[cert] = (found, _leb128(time_leaf))
+        self._certificates[cert] = (found, _time_ns(time_leaf))
         if len(self._certificates) > self._cache_size:
             self._certificates.popitem(last=False)
         return found
@@ -200,10 +201,8 @@ def _found(tree: bytes, path: list[bytes]) -> bytes | None:
     return value if status == "found" else None
 
 
-def _leb128(data: bytes) -> int:
-    value = 0
-    for shift, byte in enumerate(data):
-        value |= (byte & 0x7F) << (7 * shift)
-        if not byte & 0x80:
-            return value
-    raise VerificationError(f"{_FAILED}: /time is not LEB128")
+def _time_ns(leaf: bytes) -> int:
+    try:
+        return decode_unsigned(leaf)
+    except ValueError as error:
+        raise VerificationError(f"{_FAILED}: /time is not LEB128 ({error})") from error

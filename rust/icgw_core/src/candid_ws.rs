@@ -67,23 +67,10 @@ const TYPES_CACHE_CAPACITY: usize = 256;
 // ---------------------------------------------------------------------------------------------
 // Errors.
 
-/// Why bytes or values are not acceptable Candid of the expected type. Meant for humans and logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CandidWsError(pub String);
-
-impl std::fmt::Display for CandidWsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for CandidWsError {}
-
-impl From<CandidWsError> for PyErr {
-    fn from(e: CandidWsError) -> PyErr {
-        CandidError::new_err(e.0)
-    }
-}
+crate::message_error!(
+    /// Why bytes or values are not acceptable Candid of the expected type. Meant for humans and logs.
+    CandidWsError => CandidError
+);
 
 fn invalid(context: &str, e: impl std::fmt::Display) -> CandidWsError {
     // `{:#}` keeps anyhow's context chain ("Fail to decode argument 0 …: <cause>") on one line.

@@ -103,23 +103,10 @@ impl<'a> Value<'a> {
     }
 }
 
-/// Why a byte string is not acceptable CBOR. The message is meant for humans and logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError(pub String);
-
-impl std::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for DecodeError {}
-
-impl From<DecodeError> for PyErr {
-    fn from(e: DecodeError) -> PyErr {
-        CborError::new_err(e.0)
-    }
-}
+crate::message_error!(
+    /// Why a byte string is not acceptable CBOR. The message is meant for humans and logs.
+    DecodeError => CborError
+);
 
 fn err_at(d: &Decoder<'_>, what: impl std::fmt::Display) -> DecodeError {
     DecodeError(format!("invalid CBOR at byte {}: {what}", d.position()))

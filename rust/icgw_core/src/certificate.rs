@@ -263,7 +263,7 @@ fn check_signature(cert: &Certificate<'_>, key: &[u8], signer: &str) -> Result<(
     }
 }
 
-fn check_freshness(time_ns: u64, now_ns: u64, max_age_ns: u64) -> Result<(), CertError> {
+pub fn check_freshness(time_ns: u64, now_ns: u64, max_age_ns: u64) -> Result<(), CertError> {
     if time_ns < now_ns.saturating_sub(max_age_ns) {
         return Err(CertError::TooOld(format!(
             "certificate too old: its /time is {} s before now, more than the maximum age of {} s",

@@ -33,23 +33,10 @@ pub const MAX_INGRESS_EXPIRY_AHEAD_NS: u64 = (300 + 30) * 1_000_000_000;
 
 const TAG_POSITIVE_BIGNUM: u64 = 2;
 
-/// Why the IC would reject an envelope. The message names the offending field and the rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnvelopeError(pub String);
-
-impl std::fmt::Display for EnvelopeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for EnvelopeError {}
-
-impl From<EnvelopeError> for PyErr {
-    fn from(e: EnvelopeError) -> PyErr {
-        PyEnvelopeError::new_err(e.0)
-    }
-}
+crate::message_error!(
+    /// Why the IC would reject an envelope. The message names the offending field and the rule.
+    EnvelopeError => PyEnvelopeError
+);
 
 fn reject(what: impl std::fmt::Display) -> EnvelopeError {
     EnvelopeError(what.to_string())

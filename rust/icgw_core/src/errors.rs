@@ -62,6 +62,31 @@ create_exception!(
     "A ws_get_messages reply that cannot be relayed."
 );
 
+/// Declare a plain-message error type of the core that becomes the given Python exception at the
+/// boundary. Every module's error is a message for humans and logs; only the Python class differs.
+#[macro_export]
+macro_rules! message_error {
+    ($(#[$meta:meta])* $name:ident => $py:ty) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(pub String);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::error::Error for $name {}
+
+        impl From<$name> for pyo3::PyErr {
+            fn from(e: $name) -> pyo3::PyErr {
+                <$py>::new_err(e.0)
+            }
+        }
+    };
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("CoreError", py.get_type::<CoreError>())?;

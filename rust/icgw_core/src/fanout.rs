@@ -23,9 +23,12 @@ use crate::candid_ws::{
     self, boolean, field, nat64, parse_arg_types, principal_bytes, record, take_blob, text, u64_param,
     CandidWsError,
 };
-use crate::certificate::{self, CertError, Scope};
+use std::collections::VecDeque;
+use std::sync::{Mutex, OnceLock};
+
+use crate::certificate::{self, CertError, Certificate, Scope};
 use crate::errors::MessagesError;
-use crate::hash::sha256;
+use crate::hash::{sha256, sha256_parts, Hash};
 use crate::hash_tree::{self, Lookup};
 use crate::principal;
 
@@ -652,13 +655,7 @@ pub fn verify_batch(
     if batch.messages.is_empty() {
         return Ok(());
     }
-    let cert = certificate::verify(
-        &batch.cert,
-        root_key_der,
-        Scope::Canister(canister_id),
-        now_ns,
-        max_age_ns,
-    )?;
+    let cert = verified_certificate(&batch.cert, root_key_der, canister_id, now_ns, max_age_ns)?;
     let certified_data = match cert.lookup(&[b"canister", canister_id, b"certified_data"]) {
         Lookup::Found(data) => data,
         _ => {
@@ -693,6 +690,122 @@ pub fn verify_batch(
         }
     }
     Ok(())
+}
+
+/// The type table and argument list of `(CanisterWsGetMessagesResult)`, in the order this encoder writes
+/// its values: variant { Ok; Err }, the certified-messages record, vec of output messages, the output
+/// message record, blob, and the client key record. Field ids are the Candid hashes of the field names.
+const GET_MESSAGES_RESULT_HEADER: &[u8] = &[
+    b'D', b'I', b'D', b'L', 0x06, //
+    0x6b, 0x02, 0xbc, 0x8a, 0x01, 0x01, 0xc5, 0xfe, 0xd2, 0x01, 0x71, // variant { Ok : 1; Err : text }
+    0x6c, 0x04, 0xcc, 0xb1, 0xf7, 0xa7, 0x03, 0x02, 0xe4, 0xcd, 0xf4, 0x8d, 0x04,
+    0x04, // record { messages : 2;
+    0xde, 0xb2, 0x8e, 0xe8, 0x04, 0x04, 0x82, 0x9c, 0x8d, 0xf4, 0x0d,
+    0x7e, //  cert, tree : 4; is_end_of_queue : bool }
+    0x6d, 0x03, // vec 3
+    0x6c, 0x03, 0x9f, 0x93, 0xc6, 0x02, 0x71, 0xb9, 0x9a, 0xde, 0xcb, 0x01,
+    0x04, // record { key : text; content : 4;
+    0xeb, 0xb4, 0x9c, 0xe9, 0x03, 0x05, //  client_key : 5 }
+    0x6d, 0x7b, // blob
+    0x6c, 0x02, 0xfa, 0x80, 0xa2, 0x94, 0x05, 0x68, 0xbb, 0xd1, 0xea, 0xcd, 0x0e,
+    0x78, // record { principal; nat64 }
+    0x01, 0x00, // one argument, of type 0
+];
+
+fn push_uleb(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn push_blob(out: &mut Vec<u8>, bytes: &[u8]) {
+    push_uleb(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// The Candid reply `Ok(record { messages; cert; tree; is_end_of_queue })` of `ws_get_messages`, written
+/// directly (the replica emulator's hot path; the generic encoder costs several µs per message).
+pub fn encode_get_messages_ok(
+    messages: &[OutgoingMessage],
+    cert: &[u8],
+    tree: &[u8],
+    is_end_of_queue: bool,
+) -> Vec<u8> {
+    let body: usize = messages
+        .iter()
+        .map(|m| m.key.len() + m.content.len() + m.client_principal.len() + 32)
+        .sum();
+    let mut out = Vec::with_capacity(GET_MESSAGES_RESULT_HEADER.len() + body + cert.len() + tree.len() + 16);
+    out.extend_from_slice(GET_MESSAGES_RESULT_HEADER);
+    out.push(0x00); // variant index of Ok (Ok sorts before Err)
+    push_uleb(&mut out, messages.len() as u64);
+    for m in messages {
+        push_blob(&mut out, m.key.as_bytes());
+        push_blob(&mut out, &m.content);
+        out.push(0x01); // a principal reference, not opaque
+        push_blob(&mut out, &m.client_principal);
+        out.extend_from_slice(&m.client_nonce.to_le_bytes());
+    }
+    push_blob(&mut out, cert);
+    push_blob(&mut out, tree);
+    out.push(u8::from(is_end_of_queue));
+    out
+}
+
+/// How many recently verified batch certificates are remembered.
+const RECENT_CERTIFICATES: usize = 64;
+
+/// Certificates that `verify_batch` verified recently, by hash of (root key, canister, certificate). A
+/// replica certifies once per round, so consecutive polls of a busy canister often carry the very same
+/// certificate; remembering it saves a pairing check per poll. Only successes are remembered, and the
+/// certificate's freshness is checked again on every use.
+fn recent_certificates() -> &'static Mutex<VecDeque<Hash>> {
+    static RECENT: OnceLock<Mutex<VecDeque<Hash>>> = OnceLock::new();
+    RECENT.get_or_init(|| Mutex::new(VecDeque::with_capacity(RECENT_CERTIFICATES)))
+}
+
+fn verified_certificate<'a>(
+    cert_bytes: &'a [u8],
+    root_key_der: &[u8],
+    canister_id: &[u8],
+    now_ns: Option<u64>,
+    max_age_ns: Option<u64>,
+) -> Result<Certificate<'a>, CertError> {
+    let canister_len = [canister_id.len() as u8];
+    let key = sha256_parts(&[root_key_der, &canister_len, canister_id, cert_bytes]);
+    let seen = recent_certificates()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .contains(&key);
+    if seen {
+        let cert = Certificate::parse(cert_bytes)?;
+        if let Some(now) = now_ns {
+            let max_age = max_age_ns.unwrap_or(certificate::DEFAULT_MAX_AGE_NS);
+            certificate::check_freshness(cert.time_ns()?, now, max_age)?;
+        }
+        return Ok(cert);
+    }
+    let cert = certificate::verify(
+        cert_bytes,
+        root_key_der,
+        Scope::Canister(canister_id),
+        now_ns,
+        max_age_ns,
+    )?;
+    let mut recent = recent_certificates()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if recent.len() == RECENT_CERTIFICATES {
+        recent.pop_front();
+    }
+    recent.push_back(key);
+    Ok(cert)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -835,7 +948,40 @@ fn decode_messages_reply(
     Ok(MessagesBatch { batch, tail })
 }
 
+/// Encode the `Ok` reply of `ws_get_messages` from `(client_principal, client_nonce, key, content)`
+/// tuples. Keys are not parsed or checked here: this is the canister's side of the protocol.
+#[pyfunction]
+fn encode_messages_reply(
+    messages: Vec<(Vec<u8>, u64, String, Vec<u8>)>,
+    cert: &[u8],
+    tree: &[u8],
+    is_end_of_queue: bool,
+) -> PyResult<Py<PyBytes>> {
+    let messages: Vec<OutgoingMessage> = messages
+        .into_iter()
+        .map(|(client_principal, client_nonce, key, content)| OutgoingMessage {
+            client_principal,
+            client_nonce,
+            key,
+            nonce: 0,
+            content,
+        })
+        .collect();
+    if let Some(m) = messages
+        .iter()
+        .find(|m| m.client_principal.len() > crate::principal::MAX_PRINCIPAL_LEN)
+    {
+        return Err(MessagesError::new_err(format!(
+            "client principal of {} is too long",
+            m.key
+        )));
+    }
+    let encoded = encode_get_messages_ok(&messages, cert, tree, is_end_of_queue);
+    Python::with_gil(|py| Ok(PyBytes::new(py, &encoded).unbind()))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(encode_messages_reply, m)?)?;
     m.add_class::<MessagesBatch>()?;
     m.add_function(wrap_pyfunction!(decode_messages_reply, m)?)?;
     Ok(())

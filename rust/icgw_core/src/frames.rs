@@ -17,14 +17,10 @@ use crate::principal;
 
 const SELF_DESCRIBE_PREFIX: [u8; 3] = [0xd9, 0xd9, 0xf7];
 
-#[derive(Debug)]
-pub struct FrameDecodeError(pub String);
-
-impl From<FrameDecodeError> for PyErr {
-    fn from(e: FrameDecodeError) -> PyErr {
-        FrameError::new_err(e.0)
-    }
-}
+crate::message_error!(
+    /// Why a WebSocket frame breaks the IC WebSocket protocol.
+    FrameDecodeError => FrameError
+);
 
 fn bad(msg: impl Into<String>) -> FrameDecodeError {
     FrameDecodeError(msg.into())

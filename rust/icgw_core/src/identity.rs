@@ -59,23 +59,10 @@ const OID_BLS12_381_ALGORITHM: ObjectIdentifier = ObjectIdentifier::new_unwrap("
 /// Key files are tiny; anything larger is not a key and is not read into memory.
 const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
 
-/// A malformed or unsupported key, PEM or signature.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyError(pub String);
-
-impl std::fmt::Display for KeyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for KeyError {}
-
-impl From<KeyError> for PyErr {
-    fn from(e: KeyError) -> PyErr {
-        SignatureError::new_err(e.0)
-    }
-}
+crate::message_error!(
+    /// A malformed or unsupported key, PEM or signature.
+    KeyError => SignatureError
+);
 
 fn key_error(what: impl std::fmt::Display) -> KeyError {
     KeyError(what.to_string())

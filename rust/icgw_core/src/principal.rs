@@ -12,14 +12,10 @@ pub const MAX_PRINCIPAL_LEN: usize = 29;
 pub const ANONYMOUS: &[u8] = &[0x04];
 const SELF_AUTHENTICATING_SUFFIX: u8 = 0x02;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidPrincipal(pub String);
-
-impl From<InvalidPrincipal> for PyErr {
-    fn from(e: InvalidPrincipal) -> PyErr {
-        PrincipalError::new_err(e.0)
-    }
-}
+crate::message_error!(
+    /// An invalid principal (bytes or text).
+    InvalidPrincipal => PrincipalError
+);
 
 pub fn check_len(bytes: &[u8]) -> Result<(), InvalidPrincipal> {
     if bytes.len() > MAX_PRINCIPAL_LEN {

@@ -30,23 +30,10 @@ const TAG_POSITIVE_BIGNUM: u64 = 2;
 /// CBOR tag of a negative bignum: the value is `-1 - n` for the big-endian magnitude `n`.
 const TAG_NEGATIVE_BIGNUM: u64 = 3;
 
-/// A value that has no representation-independent hash (a bool, a float, a non-text map key, ...).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnhashableValue(pub String);
-
-impl std::fmt::Display for UnhashableValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UnhashableValue {}
-
-impl From<UnhashableValue> for PyErr {
-    fn from(e: UnhashableValue) -> PyErr {
-        RequestIdError::new_err(e.0)
-    }
-}
+crate::message_error!(
+    /// A value that has no representation-independent hash (a bool, a float, a non-text map key, ...).
+    UnhashableValue => RequestIdError
+);
 
 fn unhashable(what: impl std::fmt::Display) -> UnhashableValue {
     UnhashableValue(format!("cannot compute a request id: {what}"))
