@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from benches import replica_bench
 
 pytestmark = pytest.mark.timeout(60)
