@@ -253,8 +253,14 @@ fn signed_message(root_hash: &Hash) -> Vec<u8> {
 }
 
 fn check_signature(cert: &Certificate<'_>, key: &[u8], signer: &str) -> Result<(), CertError> {
+    let message = signed_message(&cert.root_hash());
+    let cache_key = sha256_parts(&[key, cert.signature, &message]);
+    if verified_contains(&cache_key) {
+        return Ok(());
+    }
     STATS.signature_checks.fetch_add(1, Ordering::Relaxed);
-    if bls::verify(key, cert.signature, &signed_message(&cert.root_hash())) {
+    if bls::verify(key, cert.signature, &message) {
+        verified_insert(cache_key);
         Ok(())
     } else {
         Err(CertError::InvalidSignature(format!(
@@ -521,6 +527,41 @@ fn cache_insert(key: Hash) {
     }
     cache.order.push_back(key);
     while cache.order.len() > DELEGATION_CACHE_CAPACITY {
+        if let Some(oldest) = cache.order.pop_front() {
+            cache.entries.remove(&oldest);
+        }
+    }
+}
+
+/// Signatures that verified, by sha256(key, signature, message): a pairing check is a pure function of
+/// the three, and every certificate of one certified state (each batch and call witness of a round)
+/// carries the same signature over the same root hash.
+static VERIFIED: OnceLock<Mutex<DelegationCache>> = OnceLock::new();
+const VERIFIED_CAPACITY: usize = 256;
+
+fn verified_lock() -> MutexGuard<'static, DelegationCache> {
+    VERIFIED
+        .get_or_init(|| {
+            Mutex::new(DelegationCache {
+                entries: HashSet::new(),
+                order: VecDeque::new(),
+            })
+        })
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn verified_contains(key: &Hash) -> bool {
+    verified_lock().entries.contains(key)
+}
+
+fn verified_insert(key: Hash) {
+    let mut cache = verified_lock();
+    if !cache.entries.insert(key) {
+        return;
+    }
+    cache.order.push_back(key);
+    while cache.order.len() > VERIFIED_CAPACITY {
         if let Some(oldest) = cache.order.pop_front() {
             cache.entries.remove(&oldest);
         }
