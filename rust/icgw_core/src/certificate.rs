@@ -269,7 +269,7 @@ fn check_signature(cert: &Certificate<'_>, key: &[u8], signer: &str) -> Result<(
     }
 }
 
-pub fn check_freshness(time_ns: u64, now_ns: u64, max_age_ns: u64) -> Result<(), CertError> {
+fn check_freshness(time_ns: u64, now_ns: u64, max_age_ns: u64) -> Result<(), CertError> {
     if time_ns < now_ns.saturating_sub(max_age_ns) {
         return Err(CertError::TooOld(format!(
             "certificate too old: its /time is {} s before now, more than the maximum age of {} s",
@@ -594,8 +594,13 @@ pub fn cache_stats() -> CacheStats {
     }
 }
 
-/// Forget every cached delegation and reset the counters.
+/// Forget every cached delegation and verified signature, and reset the counters.
 pub fn cache_clear() {
+    {
+        let mut verified = verified_lock();
+        verified.entries.clear();
+        verified.order.clear();
+    }
     let mut cache = cache_lock();
     cache.entries.clear();
     cache.order.clear();

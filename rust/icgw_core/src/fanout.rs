@@ -23,12 +23,9 @@ use crate::candid_ws::{
     self, boolean, field, nat64, parse_arg_types, principal_bytes, record, take_blob, text, u64_param,
     CandidWsError,
 };
-use std::collections::VecDeque;
-use std::sync::{Mutex, OnceLock};
-
-use crate::certificate::{self, CertError, Certificate, Scope};
+use crate::certificate::{self, CertError, Scope};
 use crate::errors::MessagesError;
-use crate::hash::{sha256, sha256_parts, Hash};
+use crate::hash::sha256;
 use crate::hash_tree::{self, Lookup};
 use crate::principal;
 
@@ -655,7 +652,14 @@ pub fn verify_batch(
     if batch.messages.is_empty() {
         return Ok(());
     }
-    let cert = verified_certificate(&batch.cert, root_key_der, canister_id, now_ns, max_age_ns)?;
+    // A certificate seen before costs no pairing check: the core remembers verified signatures.
+    let cert = certificate::verify(
+        &batch.cert,
+        root_key_der,
+        Scope::Canister(canister_id),
+        now_ns,
+        max_age_ns,
+    )?;
     let certified_data = match cert.lookup(&[b"canister", canister_id, b"certified_data"]) {
         Lookup::Found(data) => data,
         _ => {
@@ -756,56 +760,6 @@ pub fn encode_get_messages_ok(
     push_blob(&mut out, tree);
     out.push(u8::from(is_end_of_queue));
     out
-}
-
-/// How many recently verified batch certificates are remembered.
-const RECENT_CERTIFICATES: usize = 64;
-
-/// Certificates that `verify_batch` verified recently, by hash of (root key, canister, certificate). A
-/// replica certifies once per round, so consecutive polls of a busy canister often carry the very same
-/// certificate; remembering it saves a pairing check per poll. Only successes are remembered, and the
-/// certificate's freshness is checked again on every use.
-fn recent_certificates() -> &'static Mutex<VecDeque<Hash>> {
-    static RECENT: OnceLock<Mutex<VecDeque<Hash>>> = OnceLock::new();
-    RECENT.get_or_init(|| Mutex::new(VecDeque::with_capacity(RECENT_CERTIFICATES)))
-}
-
-fn verified_certificate<'a>(
-    cert_bytes: &'a [u8],
-    root_key_der: &[u8],
-    canister_id: &[u8],
-    now_ns: Option<u64>,
-    max_age_ns: Option<u64>,
-) -> Result<Certificate<'a>, CertError> {
-    let canister_len = [canister_id.len() as u8];
-    let key = sha256_parts(&[root_key_der, &canister_len, canister_id, cert_bytes]);
-    let seen = recent_certificates()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .contains(&key);
-    if seen {
-        let cert = Certificate::parse(cert_bytes)?;
-        if let Some(now) = now_ns {
-            let max_age = max_age_ns.unwrap_or(certificate::DEFAULT_MAX_AGE_NS);
-            certificate::check_freshness(cert.time_ns()?, now, max_age)?;
-        }
-        return Ok(cert);
-    }
-    let cert = certificate::verify(
-        cert_bytes,
-        root_key_der,
-        Scope::Canister(canister_id),
-        now_ns,
-        max_age_ns,
-    )?;
-    let mut recent = recent_certificates()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if recent.len() == RECENT_CERTIFICATES {
-        recent.pop_front();
-    }
-    recent.push_back(key);
-    Ok(cert)
 }
 
 // ---------------------------------------------------------------------------------------------
