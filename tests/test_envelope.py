@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,11 +51,11 @@ RESPONSE_DOMAIN = b"\x0bic-response"
 # --- signers of every scheme -----------------------------------------------------------------------
 
 
-class Signer:
+class Signer(ABC):
     der: bytes
 
-    def sign(self, message: bytes) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def sign(self, message: bytes) -> bytes: ...
 
     @property
     def principal(self) -> bytes:
